@@ -1,0 +1,33 @@
+# Quick start: `make demo` builds the bundled example; `make test` runs lint and the whole suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format clean
+
+$(BIN)/python:
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgex build examples/digits.yaml --out build/digits
+
+lint: $(STAMP)
+	$(BIN)/ruff check exporter tests benchmarks examples
+	$(BIN)/ruff format --check exporter tests benchmarks examples
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff format exporter tests benchmarks examples
+	$(BIN)/ruff check --fix exporter tests benchmarks examples
+
+clean:
+	rm -rf build .pytest_cache

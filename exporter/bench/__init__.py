@@ -1,0 +1,1 @@
+"""Measuring instruments: latency harness, memory probe, budget verdicts."""

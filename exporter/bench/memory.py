@@ -1,0 +1,56 @@
+"""Peak resident memory of a session (load + runs), measured in a child process.
+
+A child keeps one model's allocations from polluting the next measurement and the parent's
+own footprint (torch, the build) out of the number. Reported: peak RSS of the child, and the
+increase over the child's RSS just before the session was created (the model's own cost).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = r"""
+import json, resource, sys
+import numpy as np
+import onnxruntime as ort
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+path, threads, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+before = rss_mb()
+so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+so.log_severity_level = 3
+sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(0)
+types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+         "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+feed = {}
+for i in sess.get_inputs():
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+    dt = types.get(i.type, np.float32)
+    feed[i.name] = rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt)
+for _ in range(runs):
+    sess.run(None, feed)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"peak_rss_mb": round(peak, 2), "baseline_rss_mb": round(before, 2),
+                  "session_mb": round(max(peak - before, 0.0), 2)}))
+"""
+
+
+def peak_memory(path: Path, threads: int, runs: int = 5, timeout: float = 300.0) -> dict:
+    """Run the probe in a fresh interpreter that imports only numpy and onnxruntime."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), str(threads), str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"memory probe failed on {path.name}: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,356 @@
+"""`edgex` command line. Exit codes: 0 ok, 1 budget or quality gate missed, 2 bad input, 3 internal error.
+
+stdout carries results (JSON with --json, errors too); progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exporter import __version__, log
+from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError
+
+JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(text(data))
+
+
+def command(fn: Callable) -> Callable:
+    """Turn EdgexError into its exit code and a one-line message; anything else is exit 3."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = kwargs.get("as_json", False)
+        try:
+            code = fn(*args, **kwargs)
+        except EdgexError as exc:
+            _fail(exc.one_line(), exc.exit_code, as_json, type(exc).__name__)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130, as_json, "KeyboardInterrupt")
+        except Exception as exc:  # an edgex bug, not the user's input
+            if log._level >= 2:
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            _fail(
+                f"internal error: {type(exc).__name__}: {first} (rerun with -v for the traceback)",
+                EXIT_INTERNAL,
+                as_json,
+                "InternalError",
+            )
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+def _fail(message: str, code: int, as_json: bool, kind: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": {"type": kind, "message": message, "exit_code": code}}, sort_keys=True))
+    click.echo(f"edgex: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgex")
+@click.option("-v", "--verbose", count=True, help="More logs on stderr (-v: tracebacks on internal errors).")
+@click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
+@click.option(
+    "--profiles-dir",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra folder of device profile YAMLs (also EDGEX_PROFILES, os.pathsep-separated).",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path, ...]) -> None:
+    """edgex: turn a PyTorch or ONNX model into per-device INT8 artifacts, benchmarked against budgets.
+
+    \b
+    Examples:
+      edgex build examples/digits.yaml
+      edgex build examples/digits.yaml --profile raspberry-pi-5-cpu --out build/pi --json
+      edgex profiles list
+      edgex bench model.onnx --profile sa8295p-qnn
+      edgex inspect build/digits/sa8295p-qnn/int8.onnx
+    """
+    log.set_verbosity(0 if quiet else 1 + verbose)
+    ctx.obj = {"profiles_dirs": profiles_dir}
+
+
+def _summary(manifest: dict) -> str:
+    lines = []
+    for prof in manifest["profiles"]:
+        deliv = next(v for v in prof["variants"] if v["name"] == prof["deliverable"])
+        base = prof["variants"][0]
+        lat = next(v for v in prof["verdicts"] if v["budget"].startswith("latency"))
+        pct = lat["budget"].split("_")[1]
+        status = (
+            "within budget"
+            if prof["ok"]
+            else "BUDGET MISSED: " + ", ".join(v["budget"] for v in prof["verdicts"] if v["ok"] is False)
+        )
+        speed = base["latency_ms"]["p50"] / deliv["latency_ms"]["p50"] if deliv["latency_ms"]["p50"] else 0
+        lines.append(
+            f"{prof['id']:<28} {prof['deliverable']:<8} {pct} {lat['value']:.2f} ms (host, {prof['threads']['host']}t; "
+            f"budget {lat['limit']:g}), {deliv['artifact']['bytes'] / 1e6:.2f} MB "
+            f"({deliv['artifact']['bytes'] / base['artifact']['bytes']:.0%} of FP32), {speed:.2f}x vs FP32, "
+            f"{deliv['metric']['name']} {deliv['metric']['value']:.4f} (FP32 {base['metric']['value']:.4f}) — {status}"
+        )
+        if prof["not_evaluated"]:
+            lines.append(f"{'':<28} not evaluated: {', '.join(prof['not_evaluated'])}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--profile", "profiles", multiple=True, help="Build for this profile id (repeatable; replaces the recipe's list)."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the recipe's `output`).")
+@JSON_OPT
+@click.pass_context
+@command
+def build(ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path | None, as_json: bool) -> int:
+    """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
+
+    \b
+    Writes OUT/<profile>/{baseline,int8}.onnx, OUT/manifest.json, OUT/report.md and a plot.
+    Exit 1 when a profile misses a budget (artifacts are still written).
+    """
+    from exporter.pipeline import build as run_build
+
+    manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
+    _emit(manifest, as_json, _summary)
+    return 0 if manifest["ok"] else EXIT_GATE
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@JSON_OPT
+@click.pass_context
+@command
+def validate(ctx: click.Context, recipe: Path, as_json: bool) -> int:
+    """Check RECIPE, its profiles, model source and data without building."""
+    from exporter.validate import validate_recipe
+
+    result = validate_recipe(recipe, ctx.obj["profiles_dirs"])
+    _emit(
+        result,
+        as_json,
+        lambda r: (
+            f"{recipe}: ok ({r['profiles']} profile(s), {r['calibration_samples']} "
+            f"calibration and {r['evaluation_samples']} evaluation samples)"
+        ),
+    )
+    return 0
+
+
+@main.group()
+def profiles() -> None:
+    """Device profiles: list, show, validate."""
+
+
+@profiles.command("list")
+@JSON_OPT
+@click.pass_context
+@command
+def profiles_list(ctx: click.Context, as_json: bool) -> int:
+    """List every known profile (shipped and from --profiles-dir / EDGEX_PROFILES)."""
+    from exporter.profiles import all_profiles
+
+    found = all_profiles(ctx.obj["profiles_dirs"])
+    data = [
+        {
+            "id": p.id,
+            "name": p.name,
+            "class": p.device_class,
+            "target": p.target,
+            "threads": p.threads,
+            "budgets": p.budgets.model_dump(mode="json"),
+        }
+        for p in found.values()
+    ]
+
+    def text(rows: list[dict]) -> str:
+        out = [f"{'id':<30} {'class':<19} {'target':<9} latency budget"]
+        for r in rows:
+            lat = r["budgets"]["latency"]
+            out.append(
+                f"{r['id']:<30} {r['class']:<19} {r['target']:<9} p{lat['percentile']:g} <= {lat['max_ms']:g} ms"
+            )
+        return "\n".join(out)
+
+    _emit(data, as_json, text)
+    return 0
+
+
+@profiles.command("show")
+@click.argument("profile_id")
+@JSON_OPT
+@click.pass_context
+@command
+def profiles_show(ctx: click.Context, profile_id: str, as_json: bool) -> int:
+    """Show one profile with its facts and sources."""
+    from exporter.profiles import get_profiles
+
+    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    _emit(prof.model_dump(mode="json", by_alias=True), as_json, lambda d: json.dumps(d, indent=2, sort_keys=False))
+    return 0
+
+
+@profiles.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+@JSON_OPT
+@command
+def profiles_validate(path: Path, as_json: bool) -> int:
+    """Validate a profile YAML file, or every *.yaml in a folder."""
+    from exporter.errors import UsageError
+    from exporter.profiles import load_profile_file
+
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise UsageError("no *.yaml profiles in this folder", path=path, fix="give a profile file or folder")
+    ids = [load_profile_file(f).id for f in files]
+    _emit({"valid": ids}, as_json, lambda d: "\n".join(f"{i}: ok" for i in d["valid"]))
+    return 0
+
+
+@main.group()
+def targets() -> None:
+    """Runtime targets: list, show."""
+
+
+@targets.command("list")
+@JSON_OPT
+@command
+def targets_list(as_json: bool) -> int:
+    """List the runtime targets and what each produces."""
+    from exporter.targets import all_targets
+
+    data = [
+        {
+            "id": t.id,
+            "execution_provider": t.execution_provider,
+            "package_format": t.package_format,
+            "static_shapes": t.static_shapes,
+            "activation_type": t.quantization.activation_type,
+            "weight_type": t.quantization.weight_type,
+        }
+        for t in all_targets().values()
+    ]
+    _emit(
+        data,
+        as_json,
+        lambda rows: "\n".join(
+            f"{r['id']:<9} {r['execution_provider']:<27} .{r['package_format']:<5} "
+            f"{'static' if r['static_shapes'] else 'dynamic'} shapes, INT8 {r['activation_type']}/{r['weight_type']}"
+            for r in rows
+        ),
+    )
+    return 0
+
+
+@targets.command("show")
+@click.argument("target_id")
+@JSON_OPT
+@command
+def targets_show(target_id: str, as_json: bool) -> int:
+    """Show one target's declaration (the YAML file carries the reason for each choice)."""
+    from exporter.targets import get_target
+
+    _emit(get_target(target_id, where="targets").model_dump(mode="json"), as_json, lambda d: json.dumps(d, indent=2))
+    return 0
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_id", required=True, help="Profile whose threads and budgets apply.")
+@click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Minimum timed runs.")
+@click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
+@JSON_OPT
+@click.pass_context
+@command
+def bench(ctx: click.Context, model: Path, profile_id: str, runs: int, seconds: float, as_json: bool) -> int:
+    """Benchmark any ONNX MODEL with a profile's threads, against its budgets (exit 1 on a miss).
+
+    \b
+    Example: edgex bench build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu
+    """
+    from exporter.bench_file import bench_file
+    from exporter.profiles import get_profiles
+    from exporter.recipe import BenchSection
+
+    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    result = bench_file(
+        model, prof, BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2))
+    )
+
+    def text(r: dict) -> str:
+        lat = r["latency_ms"]
+        lines = [
+            f"{r['model']} on {r['profile']} (host measurement, {r['threads']['host']} thread(s)): "
+            f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms over {lat['runs']} runs; "
+            f"memory {r['memory']['session_mb']:.1f} MB; size {r['size_mb']:.3f} MB"
+        ]
+        for v in r["verdicts"]:
+            ok = {True: "pass", False: "FAIL", None: "not evaluated"}[v["ok"]]
+            lines.append(f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']}")
+        return "\n".join(lines)
+
+    _emit(result, as_json, text)
+    return 0 if result["ok"] else EXIT_GATE
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@JSON_OPT
+@command
+def inspect(model: Path, as_json: bool) -> int:
+    """Inputs/outputs, opset, op histogram, parameters, MACs and size of an ONNX MODEL."""
+    from exporter.graph_stats import inspect_model
+    from exporter.onnx_io import check_onnx_file
+
+    check_onnx_file(model)
+    info = inspect_model(model)
+
+    def text(d: dict) -> str:
+        lines = [
+            f"{d['path']}: {d['bytes'] / 1e6:.3f} MB, opset {d['opset']}, {d['nodes']} nodes, "
+            f"{d['parameters']:,} parameters, {d['macs']:,} MACs"
+        ]
+        lines += [f"  input  {i['name']}: {i['dtype']} {i['shape']}" for i in d["inputs"]]
+        lines += [f"  output {o['name']}: {o['dtype']} {o['shape']}" for o in d["outputs"]]
+        lines.append("  ops: " + ", ".join(f"{k}×{v}" for k, v in d["op_histogram"].items()))
+        return "\n".join(lines)
+
+    _emit(info, as_json, text)
+    return 0
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["recipe", "profile", "target"]))
+@command
+def schema(kind: str) -> int:
+    """Print the JSON Schema of a recipe, profile or target (for editor completion)."""
+    from exporter.profiles import DeviceProfile
+    from exporter.recipe import Recipe
+    from exporter.targets import Target
+
+    model = {"recipe": Recipe, "profile": DeviceProfile, "target": Target}[kind]
+    click.echo(json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Static facts about an ONNX graph: op histogram, parameters, MACs, size.
+
+MACs are counted for the ops that dominate edge models (Conv, ConvTranspose, Gemm, MatMul and
+their quantized forms) from inferred shapes; dynamic dimensions count as 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+_DTYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _weight_shape(node_input: str, shapes: dict[str, list[int]], producers: dict[str, onnx.NodeProto]) -> list[int]:
+    """Follow a DequantizeLinear back to its quantized initializer in QDQ graphs."""
+    if node_input in shapes:
+        return shapes[node_input]
+    prod = producers.get(node_input)
+    if prod is not None and prod.op_type == "DequantizeLinear":
+        return shapes.get(prod.input[0], [])
+    return []
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    shapes = _shapes(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    total = 0
+    for node in model.graph.node:
+        op = node.op_type
+        out = shapes.get(node.output[0]) if node.output else None
+        if not out:
+            continue
+        if op in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
+            w_idx = 3 if op == "QLinearConv" else 1
+            w = _weight_shape(node.input[w_idx], shapes, producers)
+            if len(w) >= 3:
+                per_out = int(np.prod(w[1:]))
+                if op == "ConvTranspose":
+                    total += int(np.prod(shapes.get(node.input[0], [0]))) * int(np.prod(w[1:]))
+                else:
+                    total += int(np.prod(out)) * per_out
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"):
+            a_idx = 0
+            a = shapes.get(node.input[a_idx], [])
+            if op == "Gemm":
+                trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
+                k = a[0] if trans_a and a else (a[-1] if a else 0)
+            else:
+                k = a[-1] if a else 0
+            total += int(np.prod(out)) * int(k)
+    return total
+
+
+def inspect_model(path: Path) -> dict:
+    model = onnx.load(str(path))
+    params = 0
+    init_bytes = 0
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init) if init.data_location != onnx.TensorProto.EXTERNAL else None
+        n = int(np.prod(init.dims)) if init.dims else 1
+        params += n
+        init_bytes += arr.nbytes if arr is not None else 0
+    init_names = {i.name for i in model.graph.initializer}
+
+    def io(values):
+        out = []
+        for v in values:
+            if v.name in init_names:
+                continue
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": _DTYPES.get(t.elem_type, str(t.elem_type)).lower(), "shape": dims})
+        return out
+
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "nodes": len(model.graph.node),
+        "op_histogram": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        "parameters": params,
+        "initializer_bytes": init_bytes,
+        "macs": count_macs(model),
+    }

@@ -1,0 +1,56 @@
+"""The manifest: the contract with release pipelines. Versioned; keys sorted; every file hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.versions import host_facts, tool_versions
+
+if TYPE_CHECKING:
+    from exporter.pipeline import Context
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def file_entries(root: Path) -> list[dict]:
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        data = path.read_bytes()
+        entries.append(
+            {"path": path.relative_to(root).as_posix(), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        )
+    return entries
+
+
+def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
+    r = ctx.loaded.recipe
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "recipe": {"path": str(ctx.loaded.path), "sha256": ctx.loaded.sha256, "name": r.name},
+        "tool_versions": tool_versions(),
+        "host": host_facts(),
+        "seed": r.seed,
+        "model": {"source": r.model.source, "weights_sha256": ctx.model.weights_sha256},
+        "data": {
+            "calibration": {"samples": len(ctx.calibration), "sha256": ctx.calibration.digest},
+            "evaluation": {"samples": len(ctx.evaluation), "sha256": ctx.evaluation.digest},
+        },
+        "metric": {
+            "name": ctx.metric_name,
+            "baseline": round(ctx.baseline_metric, 6),
+            "baseline_of": "the source model in FP32 (PyTorch or the given ONNX)",
+        },
+        "profiles": profiles,
+        "ok": all(p["ok"] for p in profiles),
+        "files": file_entries(root),
+    }
+
+
+def write_manifest(root: Path, manifest: dict) -> Path:
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path

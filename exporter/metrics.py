@@ -1,0 +1,62 @@
+"""Quality metrics, a registry of small functions: name -> (fn, higher_is_better).
+
+Each gets the model's first output, the labels (or None) and the FP32 reference output, so
+the same call serves labelled accuracy and fidelity against the unmodified model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from exporter.callables import load_callable
+from exporter.errors import UsageError
+from exporter.recipe import CallableMetric
+
+MetricFn = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
+
+
+def top1(output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Top-1 accuracy as a fraction; against the reference's argmax when there are no labels."""
+    truth = labels if labels is not None else reference.argmax(-1)
+    return float((output.reshape(len(output), -1).argmax(-1) == truth.reshape(-1)).mean())
+
+
+def cosine(output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Mean cosine similarity of each sample's output with the FP32 reference."""
+    a = output.reshape(len(output), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
+
+
+def mse(output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
+    return float(np.mean((output.astype(np.float64) - reference.astype(np.float64)) ** 2))
+
+
+METRICS: dict[str, tuple[MetricFn, bool]] = {"top1": (top1, True), "cosine": (cosine, True), "mse": (mse, False)}
+
+
+def resolve_metric(spec: str | CallableMetric, recipe_path: Path) -> tuple[str, MetricFn, bool]:
+    if isinstance(spec, str):
+        fn, higher = METRICS[spec]
+        return spec, fn, higher
+    fn = load_callable(spec.callable, recipe_path.parent, recipe_path, "metric.callable")
+    return spec.name, fn, True
+
+
+def needs_labels(name: str, labels: np.ndarray | None, where: Path) -> None:
+    if name == "top1" and labels is None:
+        raise UsageError(
+            "metric top1 needs labels in the evaluation data",
+            path=where,
+            field="data.evaluation",
+            fix="add a 'labels' array, or use metric: cosine",
+        )
+
+
+def accuracy_drop(baseline: float, value: float, higher_is_better: bool) -> float:
+    """Degradation in the metric's own units: positive means worse than the baseline."""
+    return baseline - value if higher_is_better else value - baseline

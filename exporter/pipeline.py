@@ -1,0 +1,300 @@
+"""The build: recipe -> load -> (compress) -> export -> quantize -> bench -> verdict -> manifest + report.
+
+Each stage takes plain data and returns plain data; this module only sequences them and records
+what each did. Export and quantization are shared between profiles whose target asks for the
+same thing (same opset, shape policy and preset), and their bytes are copied per profile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter import log
+from exporter.bench.verdicts import judge, overall
+from exporter.data import Dataset, load_dataset
+from exporter.errors import UsageError
+from exporter.export import check_parity, export_model, torch_reference
+from exporter.graph_stats import inspect_model
+from exporter.manifest import build_manifest, write_manifest
+from exporter.measure import measure_variants
+from exporter.metrics import accuracy_drop, needs_labels, resolve_metric
+from exporter.profiles import DeviceProfile, get_profiles
+from exporter.quantize import QuantizeResult, quantize_int8
+from exporter.recipe import LoadedRecipe, load_recipe
+from exporter.report import write_report
+from exporter.runtime import host_threads, make_session, run_all
+from exporter.sources import LoadedModel, load_model
+from exporter.staging import staged_output
+from exporter.targets import Target, get_target
+
+
+@dataclass
+class Context:
+    """Everything loaded once per build and shared by every profile."""
+
+    loaded: LoadedRecipe
+    profiles: list[DeviceProfile]
+    calibration: Dataset
+    evaluation: Dataset
+    model: LoadedModel
+    reference: list[np.ndarray]
+    metric_name: str
+    metric_fn: object
+    higher_is_better: bool
+    baseline_metric: float
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare(
+    recipe_path: str | Path, profiles: list[str] | None = None, profiles_dirs: tuple[Path, ...] | list[Path] = ()
+) -> Context:
+    """Load and validate everything a build needs, before any file is written."""
+    loaded = load_recipe(recipe_path)
+    r = loaded.recipe
+    chosen = get_profiles(
+        list(profiles) if profiles else r.profiles, profiles_dirs, where="--profile" if profiles else loaded.path
+    )
+    for profile in chosen:
+        target = get_target(profile.target)
+        if r.quantize.enabled:
+            target.refuse_precision(r.quantize.precision, loaded.path)
+    calibration = load_dataset(r.data.calibration, r.inputs, loaded, "data.calibration")
+    evaluation = load_dataset(r.data.evaluation, r.inputs, loaded, "data.evaluation")
+    metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
+    needs_labels(metric_name, evaluation.labels, loaded.path)
+    model = load_model(loaded)
+    log.info(f"[{r.name}] reference outputs of the source model on {len(evaluation)} evaluation samples")
+    if model.kind == "torch":
+        reference = torch_reference(model.module, evaluation.inputs, r.inputs)
+    else:
+        reference = run_all(make_session(model.onnx_path), evaluation.inputs)
+    baseline_metric = float(metric_fn(reference[0], evaluation.labels, reference[0]))
+    return Context(
+        loaded, chosen, calibration, evaluation, model, reference, metric_name, metric_fn, higher, baseline_metric
+    )
+
+
+def _feed(ctx: Context) -> dict[str, np.ndarray]:
+    """One query in the recipe's shape, taken from real evaluation data."""
+    return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.loaded.recipe.inputs}
+
+
+def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[Path, dict]:
+    r = ctx.loaded.recipe
+    static = target.static_shapes
+    key = ("export", target.opset.export, static)
+    if key not in cache:
+        path = work / f"baseline-op{target.opset.export}-{'static' if static else 'dynamic'}.onnx"
+        log.info(
+            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {'static' if static else 'dynamic'} shapes)"
+        )
+        opset = export_model(
+            ctx.model, r.inputs, r.outputs, target.opset.export, (target.opset.min, target.opset.max), static, path
+        )
+        worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
+        cache[key] = (
+            path,
+            {
+                "step": "export",
+                "opset": opset,
+                "static_shapes": static,
+                "parity": {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True},
+            },
+        )
+    return cache[key]
+
+
+def _quantize_for(ctx: Context, target: Target, fp32: Path, work: Path, cache: dict) -> QuantizeResult:
+    r = ctx.loaded.recipe
+    preset = target.quantization
+    key = ("int8", fp32.name, json.dumps(preset.model_dump(), sort_keys=True))
+    if key not in cache:
+        digest = hashlib.sha256(key[2].encode()).hexdigest()[:10]
+        log.info(
+            f"[{r.name}] quantize INT8 for {target.id} ({preset.format}, {preset.activation_type}/"
+            f"{preset.weight_type}, per-channel {preset.per_channel}, {r.quantize.calibration_method}, "
+            f"{min(r.quantize.calibration_samples, len(ctx.calibration))} samples)"
+        )
+        batch = r.inputs[0].shape[0]
+        cache[key] = quantize_int8(
+            fp32, work / f"int8-{digest}.onnx", ctx.calibration, r.quantize, preset, batch, r.seed
+        )
+    return cache[key]
+
+
+def _variant_record(
+    ctx: Context,
+    name: str,
+    path: Path,
+    rel: str,
+    precision: str,
+    meas,
+    produced_by: dict,
+    parent: str | None,
+    profile: DeviceProfile,
+    threads: int,
+    max_drop: float,
+) -> dict:
+    stats = inspect_model(path)
+    value = float(ctx.metric_fn(meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]))
+    drop = accuracy_drop(ctx.baseline_metric, value, ctx.higher_is_better)
+    pct = profile.budgets.latency.percentile
+    verdicts = judge(
+        profile.budgets,
+        latency_ms=meas.latency.percentile(pct),
+        peak_memory_mb=meas.memory["session_mb"],
+        size_mb=stats["bytes"] / 1e6,
+        accuracy_drop=drop,
+        max_accuracy_drop=max_drop,
+    )
+    lat = meas.latency
+    return {
+        "name": name,
+        "artifact": {"path": rel, "sha256": sha256_file(path), "bytes": stats["bytes"], "precision": precision},
+        "latency_ms": {
+            "p50": round(lat.p50, 4),
+            "p90": round(lat.p90, 4),
+            "p99": round(lat.p99, 4),
+            "p99.9": round(lat.p999, 4),
+            "mean": round(lat.mean, 4),
+            "stdev": round(lat.stdev, 4),
+            "runs": lat.runs,
+            "threads": threads,
+            "basis": "host measurement",
+        },
+        "memory_mb": meas.memory["session_mb"],
+        "memory": meas.memory,
+        "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6)},
+        "params": stats["parameters"],
+        "macs": stats["macs"],
+        "produced_by": produced_by,
+        "parent": parent,
+        "verdicts": [v.as_dict() for v in verdicts],
+        "ok": overall(verdicts),
+    }
+
+
+def _choose_deliverable(variants: list[dict], percentile: float) -> dict:
+    """Fastest variant meeting every budget; otherwise the one that misses by the least."""
+    key = f"p{percentile:g}" if percentile in (50, 90, 99) else ("p99.9" if percentile == 99.9 else "p90")
+    passing = [v for v in variants if v["ok"]]
+    if passing:
+        return min(passing, key=lambda v: v["latency_ms"][key])
+
+    def shortfall(v: dict) -> tuple[int, float]:
+        missed = [x for x in v["verdicts"] if x["ok"] is False]
+        return len(missed), sum(-x["margin"] / x["limit"] for x in missed if x["limit"])
+
+    return min(variants, key=shortfall)
+
+
+def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path, cache: dict) -> dict:
+    r = ctx.loaded.recipe
+    target = get_target(profile.target)
+    threads = host_threads(profile.threads)
+    folder = stage / profile.id
+    folder.mkdir(parents=True)
+    fp32_work, export_info = _export_for(ctx, target, work, cache)
+    artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
+    if r.quantize.enabled:
+        q = _quantize_for(ctx, target, fp32_work, work, cache)
+        artifacts["int8"] = (
+            q.path,
+            "int8",
+            {
+                "step": "quantize",
+                "precision": "int8",
+                "format": q.preset["format"],
+                "activation_type": q.preset["activation_type"],
+                "weight_type": q.preset["weight_type"],
+                "per_channel": q.preset["per_channel"],
+                "activation_symmetric": q.preset["activation_symmetric"],
+                "weight_symmetric": q.preset["weight_symmetric"],
+                "calibration_method": q.method,
+                "calibration_samples": q.calibration_samples,
+                "calibration_sha256": q.calibration_digest,
+                "quantized_nodes": q.quantized_nodes,
+                "kept_in_float": q.float_nodes,
+            },
+            "baseline",
+        )
+    paths = {}
+    for name, (src, *_rest) in artifacts.items():
+        dest = folder / f"{name}.onnx"
+        shutil.copyfile(src, dest)
+        paths[name] = dest
+    meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id)
+    max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
+    variants = [
+        _variant_record(
+            ctx,
+            name,
+            paths[name],
+            f"{profile.id}/{name}.onnx",
+            precision,
+            meas[name],
+            produced_by,
+            parent,
+            profile,
+            threads,
+            max_drop,
+        )
+        for name, (_src, precision, produced_by, parent) in artifacts.items()
+    ]
+    deliverable = _choose_deliverable(variants, profile.budgets.latency.percentile)
+    return {
+        "id": profile.id,
+        "name": profile.name,
+        "class": profile.device_class,
+        "target": target.id,
+        "execution_provider": target.execution_provider,
+        "host_execution_provider": "CPUExecutionProvider",
+        "threads": {"profile": profile.threads, "host": threads},
+        "deliverable": deliverable["name"],
+        "variants": variants,
+        "verdicts": deliverable["verdicts"],
+        "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],
+        "ok": deliverable["ok"],
+    }
+
+
+def build(
+    recipe: str | Path,
+    profiles: list[str] | None = None,
+    out: str | Path | None = None,
+    profiles_dirs: tuple[Path, ...] | list[Path] = (),
+) -> dict:
+    """Build every profile of a recipe; returns the manifest (also written to OUT/manifest.json)."""
+    ctx = prepare(recipe, profiles, profiles_dirs)
+    r = ctx.loaded.recipe
+    final = Path(out) if out is not None else ctx.loaded.resolve(r.output)
+    if final.resolve() == ctx.loaded.path.parent or ctx.loaded.path.is_relative_to(final.resolve()):
+        raise UsageError(
+            "the output folder would contain the recipe itself",
+            path=ctx.loaded.path,
+            field="output",
+            fix="write the build to a dedicated folder, e.g. build/<name>",
+        )
+    with staged_output(final) as stage:
+        work = stage / ".work"
+        work.mkdir()
+        cache: dict = {}
+        results = [build_profile(ctx, p, stage, work, cache) for p in ctx.profiles]
+        shutil.rmtree(work)
+        write_report(stage, r.name, ctx.metric_name, ctx.baseline_metric, results)
+        manifest = build_manifest(ctx, results, stage)
+        write_manifest(stage, manifest)
+    return manifest

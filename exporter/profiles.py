@@ -1,0 +1,119 @@
+"""Device profiles: one YAML per device under device_profiles/ (and the user's own folders).
+
+Adding a device is adding a file. Every SoC fact carries its source and confidence so users can
+check it; budgets are what a release must meet on that device.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from exporter.errors import UsageError
+from exporter.resources import shipped_dir
+from exporter.schema_base import Strict, parse, read_yaml
+from exporter.targets import get_target
+
+DeviceClass = Literal[
+    "phone-flagship",
+    "phone-mid",
+    "phone-budget",
+    "automotive-cockpit",
+    "automotive-adas",
+    "embedded",
+    "robot",
+]
+
+
+class Fact(Strict):
+    """A published number or description with where it came from."""
+
+    value: float | int | str
+    unit: str = ""
+    source: str = Field(min_length=3)
+    confidence: Literal["vendor", "derived", "unverified", "measured"] = "vendor"
+
+
+class LatencyBudget(Strict):
+    percentile: float = Field(gt=0, lt=100, description="e.g. 90 (MLPerf mobile) or 99.9 (automotive).")
+    max_ms: float = Field(gt=0)
+
+
+class PowerBudget(Strict):
+    max_w: float = Field(gt=0)
+    rate_hz: float = Field(gt=0, description="Inference rate at which average power is judged.")
+
+
+class Budgets(Strict):
+    latency: LatencyBudget
+    peak_memory_mb: float | None = Field(default=None, gt=0)
+    model_size_mb: float | None = Field(default=None, gt=0)
+    energy_mj: float | None = Field(default=None, gt=0, description="Energy per inference.")
+    average_power: PowerBudget | None = None
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, description="In the metric's own units against the FP32 baseline."
+    )
+
+
+class DeviceProfile(Strict):
+    schema_version: Literal[1] = 1
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    name: str
+    device_class: DeviceClass = Field(alias="class")
+    target: str
+    threads: int = Field(ge=1, le=64, description="Threads the app gives the runtime on the device.")
+    soc: dict[str, Fact] = Field(description="SoC facts, each with its source.")
+    budgets: Budgets
+    notes: str = ""
+
+
+def load_profile_file(path: Path) -> DeviceProfile:
+    profile = parse(DeviceProfile, read_yaml(path, "profile"), path, "profile")
+    if profile.id != path.stem:
+        raise UsageError(
+            f"id '{profile.id}' differs from the file name",
+            path=path,
+            field="id",
+            fix=f"rename the file to {profile.id}.yaml or set id: {path.stem}",
+        )
+    get_target(profile.target, where=path)
+    return profile
+
+
+def profile_dirs(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
+    """Shipped folder first, then EDGEX_PROFILES, then --profiles-dir: later folders override ids."""
+    dirs = [shipped_dir("device_profiles")]
+    env = os.environ.get("EDGEX_PROFILES", "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs += [Path(p) for p in extra]
+    for folder in dirs[1:]:
+        if not folder.is_dir():
+            raise UsageError("profiles folder not found", path=folder, fix="give an existing folder of *.yaml profiles")
+    return dirs
+
+
+def all_profiles(extra: list[Path] | tuple[Path, ...] = ()) -> dict[str, DeviceProfile]:
+    found: dict[str, DeviceProfile] = {}
+    for folder in profile_dirs(extra):
+        for path in sorted(folder.glob("*.yaml")):
+            profile = load_profile_file(path)
+            found[profile.id] = profile
+    return found
+
+
+def get_profiles(
+    ids: list[str], extra: list[Path] | tuple[Path, ...] = (), where: Path | str = "--profile"
+) -> list[DeviceProfile]:
+    known = all_profiles(extra)
+    chosen = []
+    for pid in ids:
+        if pid not in known:
+            guess = difflib.get_close_matches(pid, list(known), n=1)
+            fix = f"did you mean '{guess[0]}'?" if guess else "run `edgex profiles list`"
+            raise UsageError(f"unknown profile '{pid}'", path=where, field="profiles", fix=fix)
+        chosen.append(known[pid])
+    return chosen

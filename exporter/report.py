@@ -1,0 +1,92 @@
+"""report.md and its latency-vs-accuracy plot: what a person reads after a build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLOT = "latency_vs_accuracy.png"
+
+
+def _plot(root: Path, metric: str, profiles: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    markers = {"baseline": "o", "int8": "s"}
+    for i, prof in enumerate(profiles):
+        color = f"C{i % 10}"
+        xs = [v["latency_ms"]["p50"] for v in prof["variants"]]
+        ys = [v["metric"]["value"] for v in prof["variants"]]
+        ax.plot(xs, ys, "-", color=color, alpha=0.4)
+        for v, x, y in zip(prof["variants"], xs, ys):
+            ax.scatter(
+                [x], [y], color=color, marker=markers.get(v["name"], "^"), s=50, label=f"{prof['id']} {v['name']}"
+            )
+    ax.set_xlabel("host latency p50 (ms, onnxruntime CPU)")
+    ax.set_ylabel(metric)
+    ax.set_title("Latency vs accuracy per profile and variant (host measurement)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(root / PLOT, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _fmt(x: object) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def write_report(root: Path, name: str, metric: str, baseline: float, profiles: list[dict]) -> Path:
+    _plot(root, metric, profiles)
+    lines = [
+        f"# edgex build report: {name}",
+        "",
+        f"Metric: **{metric}**; FP32 source model: {baseline:.4f}. Latency and memory are **host "
+        "measurements** (onnxruntime CPU on the build machine with the profile's thread count, capped at the "
+        "host's cores), not device figures.",
+        "",
+        f"![latency vs accuracy]({PLOT})",
+        "",
+    ]
+    for prof in profiles:
+        status = "within budget" if prof["ok"] else "**BUDGET MISSED**"
+        lines += [
+            f"## {prof['id']} — {prof['name']}",
+            "",
+            f"Target `{prof['target']}` ({prof['execution_provider']}); threads {prof['threads']['profile']} "
+            f"on device, {prof['threads']['host']} on host. Deliverable: **{prof['deliverable']}** — {status}.",
+            "",
+            "| variant | precision | size MB | p50 ms | p90 ms | p99 ms | memory MB | "
+            + metric
+            + " | drop | MACs | ok |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in prof["variants"]:
+            lat = v["latency_ms"]
+            lines.append(
+                f"| {v['name']} | {v['artifact']['precision']} | {v['artifact']['bytes'] / 1e6:.3f} | "
+                f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {v['memory_mb']:.1f} | "
+                f"{v['metric']['value']:.4f} | {v['metric']['drop']:+.4f} | {v['macs']:,} | {_fmt(v['ok'])} |"
+            )
+        lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
+        for verdict in prof["verdicts"]:
+            ok = {True: "pass", False: "**FAIL**", None: "not evaluated"}[verdict["ok"]]
+            lines.append(
+                f"| {verdict['budget']} | {_fmt(verdict['limit'])} | {_fmt(verdict['value'])} | {ok} | "
+                f"{verdict['basis']} |"
+            )
+        for v in prof["variants"]:
+            kept = v["produced_by"].get("kept_in_float")
+            if kept is not None:
+                text = ", ".join(f"{op}×{n}" for op, n in kept.items()) or "nothing"
+                lines += ["", f"`{v['name']}` kept in float: {text}."]
+        lines.append("")
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,51 @@
+"""onnxruntime sessions and batched inference used by parity, evaluation and benchmarking."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def host_threads(requested: int) -> int:
+    """The profile's thread count, capped at the host's cores (recorded next to each result)."""
+    return max(1, min(requested, os.cpu_count() or 1))
+
+
+def make_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size the graph fixes, or None when the batch axis is dynamic."""
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) else None
+
+
+def run_all(session: ort.InferenceSession, inputs: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
+    """Run every sample, in chunks; a fixed-batch graph gets exactly its batch (last chunk padded)."""
+    n = len(next(iter(inputs.values())))
+    fixed = fixed_batch(session)
+    step = fixed or batch
+    names = [i.name for i in session.get_inputs()]
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, step):
+        feed = {}
+        take = min(step, n - start)
+        for name in names:
+            part = inputs[name][start : start + step]
+            if fixed and take < fixed:
+                pad = np.repeat(part[-1:], fixed - take, axis=0)
+                part = np.concatenate([part, pad])
+            feed[name] = part
+        outs = session.run(None, feed)
+        chunks.append([o[:take] for o in outs])
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]

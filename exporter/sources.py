@@ -1,0 +1,117 @@
+"""Model sources: a registry of small loaders keyed by the recipe's `model.source`.
+
+Weights are data and never execute: safetensors first, `.pt` only with weights_only=True,
+anything else refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.callables import load_callable
+from exporter.errors import UsageError
+from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    kind: str  # "torch" | "onnx"
+    module: Any = None  # torch.nn.Module in eval mode
+    onnx_path: Path | None = None
+    weights_sha256: str | None = None
+
+
+def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise UsageError(f"checkpoint '{path}' not found", path=where, field="model.checkpoint", fix="check the path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise UsageError(
+                f"'{path.name}' is not a readable safetensors file ({exc})",
+                path=where,
+                field="model.checkpoint",
+                fix="re-save it with safetensors.torch.save_file",
+            ) from None
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UsageError(
+                f"'{path.name}' cannot be loaded safely ({type(exc).__name__}); it may carry code",
+                path=where,
+                field="model.checkpoint",
+                fix="convert it to .safetensors from a trusted environment",
+            ) from None
+        if not isinstance(state, dict):
+            raise UsageError(
+                f"'{path.name}' does not hold a state_dict",
+                path=where,
+                field="model.checkpoint",
+                fix="save model.state_dict(), preferably as .safetensors",
+            )
+        return state
+    raise UsageError(
+        f"unsupported checkpoint format '{path.suffix}'",
+        path=where,
+        field="model.checkpoint",
+        fix="use .safetensors (or a .pt state_dict)",
+    )
+
+
+def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
+    import hashlib
+
+    factory = load_callable(spec.factory, loaded.path.parent, loaded.path, "model.factory")
+    module = factory()
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(
+            f"factory returned {type(module).__name__}, not a torch.nn.Module",
+            path=loaded.path,
+            field="model.factory",
+            fix="return the model instance",
+        )
+    digest = None
+    if spec.checkpoint:
+        ckpt = loaded.resolve(spec.checkpoint)
+        state = _load_state_dict(ckpt, loaded.path)
+        result = module.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise UsageError(
+                f"checkpoint does not fit the model (missing {result.missing_keys[:3]}, unexpected "
+                f"{result.unexpected_keys[:3]})",
+                path=loaded.path,
+                field="model.checkpoint",
+                fix="use the checkpoint saved from this architecture",
+            )
+        digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    module.eval()
+    return LoadedModel(kind="torch", module=module, weights_sha256=digest)
+
+
+def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
+    from exporter.onnx_io import check_onnx_file
+
+    path = loaded.resolve(spec.path)
+    check_onnx_file(path, where=loaded.path, field="model.path")
+    import hashlib
+
+    return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+SOURCES: dict[str, Callable[[Any, LoadedRecipe], LoadedModel]] = {"torch": load_torch, "onnx": load_onnx}
+
+
+def load_model(loaded: LoadedRecipe) -> LoadedModel:
+    spec = loaded.recipe.model
+    return SOURCES[spec.source](spec, loaded)

@@ -1,0 +1,51 @@
+"""Write a release into a temporary sibling folder and move it into place only when complete.
+
+A crash or kill at any moment leaves either the previous complete release or nothing under the
+final name, never half an artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from exporter.errors import UsageError
+
+
+@contextmanager
+def staged_output(final: Path) -> Iterator[Path]:
+    final = Path(os.path.abspath(final))
+    if final.is_symlink():
+        raise UsageError(
+            "the output folder is a symlink; edgex does not write through links",
+            path=final,
+            field="output",
+            fix="give a real folder path",
+        )
+    if final.exists() and not final.is_dir():
+        raise UsageError(
+            "the output path exists and is not a folder", path=final, field="output", fix="choose another --out"
+        )
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-tmp-", dir=final.parent))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write there ({exc.strerror})", path=final.parent, field="output", fix="choose a writable --out"
+        ) from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-old-", dir=final.parent))
+        os.rename(final, old / "previous")
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
