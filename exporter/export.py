@@ -6,6 +6,7 @@ Parity is a gate, not a warning: an export whose outputs differ from PyTorch fai
 
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def _export_torch(
             {axis: torch.export.Dim(name, min=1, max=4096) for axis, name in s.dynamic_axes.items()} or None
             for s in specs
         )
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices are noise for every user
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,6 +91,8 @@ def _export_torch(
             field="model.factory",
             fix="make the model exportable with torch.export (no data-dependent control flow)",
         ) from None
+    finally:
+        quiet.setLevel(level)
     model = program.model_proto
     save_model(model, path)
 

@@ -60,7 +60,8 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
             f"## {prof['id']} — {prof['name']}",
             "",
             f"Target `{prof['target']}` ({prof['execution_provider']}); threads {prof['threads']['profile']} "
-            f"on device, {prof['threads']['host']} on host. Deliverable: **{prof['deliverable']}** — {status}.",
+            f"on device, {prof['threads']['host']} on host. Deliverable: **{prof['deliverable']}** — {status}. "
+            f"Package: {prof['package']['note']}.",
             "",
             "| variant | precision | size MB | p50 ms | p90 ms | p99 ms | memory MB | "
             + metric

@@ -42,6 +42,9 @@ def staged_output(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a release folder gets the user's usual mode
     old = None
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-old-", dir=final.parent))

@@ -13,18 +13,24 @@ import sys
 from pathlib import Path
 
 _PROBE = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 import onnxruntime as ort
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def status_mb(key):
+    # VmHWM is this process's own high-water mark; ru_maxrss would carry the parent's from before exec.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 path, threads, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-before = rss_mb()
+before = status_mb("VmRSS")
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
 so.log_severity_level = 3
+so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 rng = np.random.default_rng(0)
 types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -36,7 +42,7 @@ for i in sess.get_inputs():
     feed[i.name] = rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt)
 for _ in range(runs):
     sess.run(None, feed)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 print(json.dumps({"peak_rss_mb": round(peak, 2), "baseline_rss_mb": round(before, 2),
                   "session_mb": round(max(peak - before, 0.0), 2)}))
 """
