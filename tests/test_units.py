@@ -1,0 +1,99 @@
+"""Unit tests of the small pieces: metrics, verdicts, latency statistics, MAC counting, parity gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from exporter.bench.latency import summarize
+from exporter.bench.verdicts import judge, overall
+from exporter.errors import GateFailure
+from exporter.export import check_parity
+from exporter.graph_stats import count_macs
+from exporter.metrics import accuracy_drop, cosine, mse, top1
+from exporter.profiles import Budgets
+from exporter.quantize import float_compute_nodes
+
+
+def test_metrics():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert top1(ref, np.array([0, 1]), ref) == 1.0
+    assert top1(ref, np.array([1, 1]), ref) == 0.5
+    assert top1(ref[::-1], None, ref) == 0.0  # no labels: agreement with the reference's argmax
+    assert cosine(ref, None, ref) == pytest.approx(1.0)
+    assert cosine(-ref, None, ref) == pytest.approx(-1.0)
+    assert mse(ref + 1, None, ref) == pytest.approx(1.0)
+    assert accuracy_drop(0.99, 0.98, True) == pytest.approx(0.01)
+    assert accuracy_drop(0.0, 0.5, False) == pytest.approx(0.5)
+
+
+def test_verdicts_null_is_not_a_pass():
+    budgets = Budgets.model_validate(
+        {"latency": {"percentile": 90, "max_ms": 10}, "model_size_mb": 1, "energy_mj": 5, "max_accuracy_drop": 0.01}
+    )
+    vs = judge(budgets, latency_ms=12.0, peak_memory_mb=None, size_mb=0.5, accuracy_drop=0.0, max_accuracy_drop=0.01)
+    by = {v.budget: v for v in vs}
+    assert by["latency_p90_ms"].ok is False and by["latency_p90_ms"].margin == pytest.approx(-2.0)
+    assert by["model_size_mb"].ok is True
+    assert by["energy_mj"].ok is None and by["energy_mj"].value is None
+    assert "peak_memory_mb" not in by  # no memory budget in this profile
+    assert overall(vs) is False
+    assert overall([v for v in vs if v.budget != "latency_p90_ms"]) is True
+
+
+def test_latency_summary():
+    samples = np.arange(1, 1001, dtype=np.float64)
+    s = summarize(samples, 1.0)
+    assert s.runs == 1000 and s.p50 == pytest.approx(500.5) and s.p90 == pytest.approx(900.1)
+    assert s.percentile(99.9) == s.p999 and s.min == 1.0
+
+
+def _conv_model(path, static=True):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 3, 3, 3], np.zeros(16 * 27, np.float32))
+    fw = helper.make_tensor("fw", TensorProto.FLOAT, [16, 4], np.zeros(64, np.float32))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fw"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y], [w, fw])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, path)
+    return model
+
+
+def test_mac_count_is_exact(tmp_path):
+    model = _conv_model(tmp_path / "m.onnx")
+    # Conv: 16*8*8 outputs x 3*3*3 MACs each; MatMul: 1x16 @ 16x4
+    assert count_macs(model) == 16 * 8 * 8 * 27 + 16 * 4
+
+
+def test_float_nodes_are_reported():
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a_q", "s", "z"], ["a"]),
+        helper.make_node("Conv", ["a", "w"], ["b"]),
+        helper.make_node("Softmax", ["b"], ["c"]),
+        helper.make_node("Reshape", ["c", "shape"], ["d"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    quantized, floating = float_compute_nodes(model)
+    assert quantized == {"Conv": 1} and floating == {"Softmax": 1}
+
+
+def test_parity_gate_fails_on_a_wrong_reference(tmp_path):
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3).eval()
+    path = tmp_path / "lin.onnx"
+    torch.onnx.export(module, (torch.zeros(1, 4),), str(path), input_names=["x"], dynamo=True)
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    good = [module(torch.from_numpy(x)).detach().numpy()]
+    worst, n = check_parity(path, {"x": x}, good)
+    assert n == 8 and worst < 1e-5
+    with pytest.raises(GateFailure, match="parity"):
+        check_parity(path, {"x": x}, [good[0] + 1e-2])

@@ -1,0 +1,47 @@
+"""Tiny real architectures built in code (no torchvision): residual, depthwise-separable,
+squeeze-excitation and concat blocks, small enough that a full build takes seconds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, ch: int, reduced: int = 4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(ch, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class TinyNet(nn.Module):
+    """stem -> residual block -> depthwise-separable + SE -> two-branch concat -> head."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.res = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)
+        )
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 24, 1)
+        self.se = SqueezeExcite(24)
+        self.branch_a = nn.Conv2d(24, 8, 1)
+        self.branch_b = nn.Conv2d(24, 8, 3, padding=1)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        x = torch.relu(x + self.res(x))
+        x = self.se(torch.relu(self.pw(torch.relu(self.dw(x)))))
+        x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
+        return self.head(torch.relu(x).mean(dim=(2, 3)))
+
+
+def build_tiny() -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet()
