@@ -35,7 +35,7 @@ class Dataset:
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
         inputs = {k: v[idx] for k, v in self.inputs.items()}
         labels = None if self.labels is None else self.labels[idx]
-        return _make(inputs, labels)
+        return make_dataset(inputs, labels)
 
 
 def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
@@ -49,7 +49,7 @@ def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
-def _make(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> Dataset:
+def make_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> Dataset:
     return Dataset(inputs=inputs, labels=labels, digest=_digest(inputs, labels))
 
 
@@ -81,7 +81,15 @@ def load_dataset(source: DataSource, specs: list[InputSpec], loaded: LoadedRecip
         arrays = _read_npz(loaded.resolve(source.npz), where, f"{field}.npz")
     else:
         fn = load_callable(source.callable or "", loaded.path.parent, where, f"{field}.callable")
-        result = fn()
+        try:
+            result = fn()
+        except Exception as exc:
+            raise UsageError(
+                f"the data callable raised {type(exc).__name__}: {exc}",
+                path=where,
+                field=f"{field}.callable",
+                fix="fix the function so it returns the arrays",
+            ) from None
         if isinstance(result, tuple) and len(result) == 2:
             arrays = dict(result[0])
             arrays["labels"] = result[1]
@@ -106,9 +114,9 @@ def load_dataset(source: DataSource, specs: list[InputSpec], loaded: LoadedRecip
                 field=field,
                 fix="give one label per sample",
             )
-    dataset = _make(inputs, labels)
+    dataset = make_dataset(inputs, labels)
     if source.limit is not None and source.limit < len(dataset):
-        dataset = _make(
+        dataset = make_dataset(
             {k: v[: source.limit] for k, v in inputs.items()}, None if labels is None else labels[: source.limit]
         )
     return dataset

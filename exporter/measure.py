@@ -26,8 +26,10 @@ class Measurement:
     outputs: list[np.ndarray]
 
 
-def evaluate_outputs(path: Path, inputs: dict[str, np.ndarray], threads: int, name: str) -> list[np.ndarray]:
-    outputs = run_all(make_session(path, threads), inputs)
+def evaluate_outputs(
+    path: Path, inputs: dict[str, np.ndarray], threads: int, name: str, mode: str = "deployed"
+) -> list[np.ndarray]:
+    outputs = run_all(make_session(path, threads, mode), inputs)
     for i, out in enumerate(outputs):
         if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
             raise GateFailure(f"variant '{name}': output {i} contains NaN/Inf on the evaluation set")
@@ -72,11 +74,12 @@ def measure_variants(
     threads: int,
     settings: BenchSection,
     label: str,
+    mode: str = "deployed",
 ) -> dict[str, Measurement]:
     outputs = {}
     for name, path in paths.items():
         log.info(f"[{label}] evaluate {name} on {len(next(iter(eval_inputs.values())))} samples")
-        outputs[name] = evaluate_outputs(path, eval_inputs, threads, name)
+        outputs[name] = evaluate_outputs(path, eval_inputs, threads, name, mode)
     log.info(
         f"[{label}] time {', '.join(paths)} interleaved ({threads} thread(s), >= {settings.min_runs} runs "
         f"and {settings.min_seconds:g} s each)"

@@ -30,7 +30,7 @@ from exporter.recipe import LoadedRecipe, load_recipe
 from exporter.report import write_report
 from exporter.runtime import host_threads, make_session, run_all
 from exporter.sources import LoadedModel, load_model
-from exporter.staging import staged_output
+from exporter.staging import check_output, staged_output
 from exporter.targets import Target, get_target
 
 
@@ -147,6 +147,7 @@ def _variant_record(
     profile: DeviceProfile,
     threads: int,
     max_drop: float,
+    mode: str,
 ) -> dict:
     stats = inspect_model(path)
     value = float(ctx.metric_fn(meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]))
@@ -177,7 +178,7 @@ def _variant_record(
         },
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
-        "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6)},
+        "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},
         "params": stats["parameters"],
         "macs": stats["macs"],
         "produced_by": produced_by,
@@ -239,7 +240,9 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         dest = folder / f"{name}.onnx"
         shutil.copyfile(src, dest)
         paths[name] = dest
-    meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id)
+    # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
+    mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
+    meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id, mode)
     max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
     variants = [
         _variant_record(
@@ -254,6 +257,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             profile,
             threads,
             max_drop,
+            mode,
         )
         for name, (_src, precision, produced_by, parent) in artifacts.items()
     ]
@@ -288,6 +292,8 @@ def build(
     profiles_dirs: tuple[Path, ...] | list[Path] = (),
 ) -> dict:
     """Build every profile of a recipe; returns the manifest (also written to OUT/manifest.json)."""
+    if out is not None:
+        check_output(Path(out))
     ctx = prepare(recipe, profiles, profiles_dirs)
     r = ctx.loaded.recipe
     final = Path(out) if out is not None else ctx.loaded.resolve(r.output)

@@ -92,7 +92,12 @@ def profile_dirs(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
     dirs += [Path(p) for p in extra]
     for folder in dirs[1:]:
         if not folder.is_dir():
-            raise UsageError("profiles folder not found", path=folder, fix="give an existing folder of *.yaml profiles")
+            raise UsageError(
+                "profiles folder not found",
+                path=folder,
+                field="--profiles-dir/EDGEX_PROFILES",
+                fix="give an existing folder of *.yaml profiles",
+            )
     return dirs
 
 

@@ -82,6 +82,11 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
                 f"| {verdict['budget']} | {_fmt(verdict['limit'])} | {_fmt(verdict['value'])} | {ok} | "
                 f"{verdict['basis']} |"
             )
+        mode = prof["variants"][0]["metric"]["evaluated"]
+        lines += [
+            "",
+            f"{metric} computed with Q/DQ {'fused into the CPU kernels that ship' if mode == 'deployed' else 'simulated as the device runtime executes them (host integer kernels are not the device’s)'}.",
+        ]
         for v in prof["variants"]:
             kept = v["produced_by"].get("kept_in_float")
             if kept is not None:

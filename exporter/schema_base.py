@@ -25,7 +25,7 @@ class Strict(BaseModel):
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     """Read a YAML mapping with safe_load only; every failure is a UsageError naming the file."""
     if not path.is_file():
-        raise UsageError(f"{what} file not found", path=path, fix="check the path")
+        raise UsageError(f"{what} file not found", path=path, field="(file)", fix="check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -38,7 +38,10 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
         raise UsageError("not a UTF-8 text file", path=path, fix=f"give a YAML {what}") from None
     if not isinstance(data, dict):
         raise UsageError(
-            f"a {what} must be a YAML mapping of keys to values", path=path, fix=f"see `edgex schema {what}`"
+            f"a {what} must be a YAML mapping of keys to values",
+            path=path,
+            field="(top level)",
+            fix=f"see `edgex schema {what}`",
         )
     return data
 
@@ -78,7 +81,10 @@ def parse(model: type[BaseModel], data: dict[str, Any], path: Path, what: str) -
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # An unknown key is usually a misspelt one, which pydantic also reports as a missing key;
+        # the unknown key (with its "did you mean") is the error that tells the user what to fix.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":

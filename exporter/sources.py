@@ -71,7 +71,15 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
     import hashlib
 
     factory = load_callable(spec.factory, loaded.path.parent, loaded.path, "model.factory")
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:
+        raise UsageError(
+            f"the factory raised {type(exc).__name__}: {exc}",
+            path=loaded.path,
+            field="model.factory",
+            fix="fix the factory so it returns the model",
+        ) from None
     import torch
 
     if not isinstance(module, torch.nn.Module):
@@ -85,7 +93,16 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
     if spec.checkpoint:
         ckpt = loaded.resolve(spec.checkpoint)
         state = _load_state_dict(ckpt, loaded.path)
-        result = module.load_state_dict(state, strict=False)
+        try:
+            result = module.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:240]
+            raise UsageError(
+                f"checkpoint does not fit the model ({detail})",
+                path=loaded.path,
+                field="model.checkpoint",
+                fix="use the checkpoint saved from this architecture",
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             raise UsageError(
                 f"checkpoint does not fit the model (missing {result.missing_keys[:3]}, unexpected "
@@ -103,7 +120,17 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
     from exporter.onnx_io import check_onnx_file
 
     path = loaded.resolve(spec.path)
-    check_onnx_file(path, where=loaded.path, field="model.path")
+    model = check_onnx_file(path, where=loaded.path, field="model.path")
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    declared = [s.name for s in loaded.recipe.inputs]
+    if sorted(graph_inputs) != sorted(declared):
+        raise UsageError(
+            f"the recipe declares inputs {declared} but the model's inputs are {graph_inputs}",
+            path=loaded.path,
+            field="inputs",
+            fix="name the recipe's inputs after the model's",
+        )
     import hashlib
 
     return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())

@@ -16,8 +16,8 @@ from pathlib import Path
 from exporter.errors import UsageError
 
 
-@contextmanager
-def staged_output(final: Path) -> Iterator[Path]:
+def check_output(final: Path) -> Path:
+    """Refuse unusable output paths before any work is done."""
     final = Path(os.path.abspath(final))
     if final.is_symlink():
         raise UsageError(
@@ -30,6 +30,12 @@ def staged_output(final: Path) -> Iterator[Path]:
         raise UsageError(
             "the output path exists and is not a folder", path=final, field="output", fix="choose another --out"
         )
+    return final
+
+
+@contextmanager
+def staged_output(final: Path) -> Iterator[Path]:
+    final = check_output(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-tmp-", dir=final.parent))
