@@ -60,7 +60,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         acc = evaluate(model, x_eval, y_eval)
         print(
             f"epoch {epoch + 1}/{args.epochs} loss {total / len(xt):.4f} held-out top1 {acc:.4f} "
