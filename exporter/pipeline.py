@@ -59,9 +59,15 @@ def sha256_file(path: Path) -> str:
 
 
 def prepare(
-    recipe_path: str | Path, profiles: list[str] | None = None, profiles_dirs: tuple[Path, ...] | list[Path] = ()
+    recipe_path: str | Path,
+    profiles: list[str] | None = None,
+    profiles_dirs: tuple[Path, ...] | list[Path] = (),
+    with_reference: bool = True,
 ) -> Context:
-    """Load and validate everything a build needs, before any file is written."""
+    """Load and validate everything a build needs, before any file is written.
+
+    `edgex validate` stops here with with_reference=False: everything checked, nothing computed.
+    """
     loaded = load_recipe(recipe_path)
     r = loaded.recipe
     chosen = get_profiles(
@@ -69,13 +75,14 @@ def prepare(
     )
     for profile in chosen:
         target = get_target(profile.target)
-        if r.quantize.enabled:
-            target.refuse_precision(r.quantize.precision, loaded.path)
+        target.refuse_precision(r.quantize.precision if r.quantize.enabled else "fp32", loaded.path, profile.id)
     calibration = load_dataset(r.data.calibration, r.inputs, loaded, "data.calibration")
     evaluation = load_dataset(r.data.evaluation, r.inputs, loaded, "data.evaluation")
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
     model = load_model(loaded)
+    if not with_reference:
+        return Context(loaded, chosen, calibration, evaluation, model, [], metric_name, metric_fn, higher, float("nan"))
     log.info(f"[{r.name}] reference outputs of the source model on {len(evaluation)} evaluation samples")
     if model.kind == "torch":
         reference = torch_reference(model.module, evaluation.inputs, r.inputs)
@@ -188,12 +195,14 @@ def _variant_record(
     }
 
 
-def _choose_deliverable(variants: list[dict]) -> dict:
+def _choose_deliverable(variants: list[dict], target: Target) -> dict:
     """Fastest (by p50, the stable statistic) variant meeting every budget; else the one missing by least.
 
-    Budgets are judged at their own percentile; ranking on a tail percentile would let one
-    scheduler hiccup on a shared host decide what ships.
+    Only variants the target's runtime can execute are eligible (an NPU that runs INT8 only
+    never gets the FP32 baseline). Budgets are judged at their own percentile; ranking on a
+    tail percentile would let one scheduler hiccup on a shared host decide what ships.
     """
+    variants = [v for v in variants if v["artifact"]["precision"] in target.quantization.precisions]
     passing = [v for v in variants if v["ok"]]
     if passing:
         return min(passing, key=lambda v: v["latency_ms"]["p50"])
@@ -261,7 +270,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         )
         for name, (_src, precision, produced_by, parent) in artifacts.items()
     ]
-    deliverable = _choose_deliverable(variants)
+    deliverable = _choose_deliverable(variants, target)
     return {
         "id": profile.id,
         "name": profile.name,

@@ -62,15 +62,15 @@ class Target(Strict):
     notes: str = ""
     source: str = Field(description="Where the runtime's requirements are documented.")
 
-    def refuse_precision(self, precision: str, where: Path | str) -> None:
+    def refuse_precision(self, precision: str, where: Path | str, profile: str = "") -> None:
         """A target refuses what it cannot run, before any work is done."""
         if precision not in self.quantization.precisions:
-            raise UsageError(
-                f"target '{self.id}' cannot run {precision}",
-                path=where,
-                field="quantize.precision",
-                fix=f"use one of {', '.join(self.quantization.precisions)}",
-            )
+            who = f"profile '{profile}' (target '{self.id}')" if profile else f"target '{self.id}'"
+            field = "quantize.precision" if precision != "fp32" else "quantize.enabled"
+            fix = f"use one of {', '.join(self.quantization.precisions)}"
+            if precision == "fp32":
+                fix = f"enable quantization: this runtime executes only {', '.join(self.quantization.precisions)}"
+            raise UsageError(f"{who} cannot run {precision}", path=where, field=field, fix=fix)
 
 
 def load_target_file(path: Path) -> Target:

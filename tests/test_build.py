@@ -143,3 +143,17 @@ def test_rebuild_replaces_previous_release_atomically(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (out / "stale.txt").exists() and (out / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".rel")) == []
+
+
+def test_int8_only_target_never_ships_fp32(tiny_build):
+    """QNN's HTP runs INT8 only: its deliverable is INT8 even when FP32 times faster on the host."""
+    prof = next(p for p in tiny_build["manifest"]["profiles"] if p["target"] == "qnn")
+    assert prof["deliverable"] == "int8"
+
+
+def test_int8_only_target_refuses_a_float_build(tmp_path):
+    recipe = write_tiny_project(tmp_path, quantize={"enabled": False}, profiles=["sa8295p-qnn"])
+    proc = run_cli("build", str(recipe))
+    assert proc.returncode == 2
+    assert "quantize.enabled" in proc.stderr and "cannot run fp32" in proc.stderr
+    assert not (tmp_path / "out").exists()
