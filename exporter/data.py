@@ -75,33 +75,67 @@ def _read_npz(path: Path, where: Path, field: str) -> dict[str, np.ndarray]:
         ) from None
 
 
-def load_dataset(source: DataSource, specs: list[InputSpec], loaded: LoadedRecipe, field: str) -> Dataset:
+def _sentences(source: DataSource, loaded: LoadedRecipe, field: str) -> list[str] | None:
+    """The sentences of a text source (file or bundled corpus); None for array sources."""
+    if source.text is not None:
+        from exporter.hf.text import read_lines
+
+        return read_lines(loaded.resolve(source.text), loaded.path, f"{field}.text")
+    if source.corpus is not None:
+        from exporter.hf.text import corpus
+
+        return list(corpus()[source.split or "evaluation"])
+    return None
+
+
+def _call(source: DataSource, loaded: LoadedRecipe, field: str) -> object:
+    fn = load_callable(source.callable or "", loaded.path.parent, loaded.path, f"{field}.callable")
+    try:
+        return fn()
+    except Exception as exc:
+        raise UsageError(
+            f"the data callable raised {type(exc).__name__}: {exc}",
+            path=loaded.path,
+            field=f"{field}.callable",
+            fix="fix the function so it returns the arrays",
+        ) from None
+
+
+def load_dataset(
+    source: DataSource, specs: list[InputSpec], loaded: LoadedRecipe, field: str, tokenizer: object | None = None
+) -> Dataset:
+    """Arrays from an .npz or a callable, or sentences (file, corpus, callable) tokenized for the model."""
     where = loaded.path
+    sentences = _sentences(source, loaded, field)
     if source.npz is not None:
         arrays = _read_npz(loaded.resolve(source.npz), where, f"{field}.npz")
-    else:
-        fn = load_callable(source.callable or "", loaded.path.parent, where, f"{field}.callable")
-        try:
-            result = fn()
-        except Exception as exc:
-            raise UsageError(
-                f"the data callable raised {type(exc).__name__}: {exc}",
-                path=where,
-                field=f"{field}.callable",
-                fix="fix the function so it returns the arrays",
-            ) from None
-        if isinstance(result, tuple) and len(result) == 2:
+    elif sentences is None:
+        result = _call(source, loaded, field)
+        if isinstance(result, (list, tuple)) and result and all(isinstance(x, str) for x in result):
+            sentences = list(result)
+            arrays = {}
+        elif isinstance(result, tuple) and len(result) == 2:
             arrays = dict(result[0])
             arrays["labels"] = result[1]
         elif isinstance(result, dict):
             arrays = dict(result)
         else:
             raise UsageError(
-                "the data callable must return a dict of arrays or (dict, labels)",
+                "the data callable must return a dict of arrays, (dict, labels) or a list of sentences",
                 path=where,
                 field=f"{field}.callable",
-                fix="return {input_name: array, 'labels': array}",
+                fix="return {input_name: array, 'labels': array} or ['a sentence', ...]",
             )
+    if sentences is not None:
+        if tokenizer is None:
+            raise UsageError(
+                "text data needs a model with a tokenizer", path=where, field=field, fix="use an hf model or array data"
+            )
+        if source.limit is not None:
+            sentences = sentences[: source.limit]
+        from exporter.hf.text import tokenize
+
+        arrays = tokenize(tokenizer, sentences, specs)
     labels = arrays.pop("labels", None)
     inputs = validate_arrays(arrays, specs, where, field)
     n = len(next(iter(inputs.values())))

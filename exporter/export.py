@@ -128,13 +128,19 @@ def export_model(
     opset_range: tuple[int, int],
     static: bool,
     path: Path,
-) -> int:
-    """Write the FP32 ONNX baseline for one (opset, static) policy; returns the opset written."""
+    fuse: bool = False,
+) -> dict:
+    """Write the FP32 ONNX baseline for one (opset, shapes, fusion) policy; returns what was done."""
     if model.kind == "torch":
         _export_torch(model.module, specs, outputs, opset, static, path)
-        return opset
+        return {"opset": opset, "exporter": "torch.onnx (dynamo)"}
+    if model.kind == "hf":
+        from exporter.hf.optimize import export_for_target
+
+        info = export_for_target(model.hf.canonical_onnx, model.hf.folder, specs, static, fuse, path)
+        return {"opset": 18, "exporter": "optimum", **info}
     assert model.onnx_path is not None
-    return _export_onnx(model.onnx_path, specs, opset_range, static, path)
+    return {"opset": _export_onnx(model.onnx_path, specs, opset_range, static, path), "exporter": "given ONNX"}
 
 
 def check_parity(

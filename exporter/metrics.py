@@ -36,6 +36,41 @@ def mse(output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) ->
     return float(np.mean((output.astype(np.float64) - reference.astype(np.float64)) ** 2))
 
 
+def retrieval_agreement(output: np.ndarray, reference: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Nearest-neighbour search over the evaluation set itself: does the variant find what FP32 finds?
+
+    Each sample queries all others; top-1 agreement is the share of queries whose nearest
+    neighbour is the same, top-k overlap the mean share of the k nearest in common.
+    """
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1).astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+    got, want = neighbours(output), neighbours(reference)
+    top1_agree = float(np.mean(got[:, 0] == want[:, 0]))
+    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want)]))
+    return {"retrieval_top1_agreement": top1_agree, f"retrieval_top{k}_overlap": overlap}
+
+
+def extra_metrics(name: str, output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> dict[str, float]:
+    """Further named values users read next to the primary metric."""
+    out: dict[str, float] = {}
+    if name == "cosine":
+        a = output.reshape(len(output), -1).astype(np.float64)
+        b = reference.reshape(len(reference), -1).astype(np.float64)
+        per = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        out["cosine_mean"], out["cosine_min"] = float(per.mean()), float(per.min())
+        if len(output) > 5:
+            out.update(retrieval_agreement(output, reference))
+    if name == "top1" and labels is not None:
+        out["agreement_with_fp32"] = top1(output, None, reference)
+    return {k: round(v, 6) for k, v in out.items()}
+
+
 METRICS: dict[str, tuple[MetricFn, bool]] = {"top1": (top1, True), "cosine": (cosine, True), "mse": (mse, False)}
 
 

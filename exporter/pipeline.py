@@ -23,10 +23,10 @@ from exporter.export import check_parity, export_model, torch_reference
 from exporter.graph_stats import inspect_model
 from exporter.manifest import build_manifest, write_manifest
 from exporter.measure import measure_variants
-from exporter.metrics import accuracy_drop, needs_labels, resolve_metric
+from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
 from exporter.profiles import DeviceProfile, get_profiles
 from exporter.quantize import QuantizeResult, quantize_int8
-from exporter.recipe import LoadedRecipe, load_recipe
+from exporter.recipe import InputSpec, LoadedRecipe, load_recipe
 from exporter.report import write_report
 from exporter.runtime import host_threads, make_session, run_all
 from exporter.sources import LoadedModel, load_model
@@ -43,6 +43,7 @@ class Context:
     calibration: Dataset
     evaluation: Dataset
     model: LoadedModel
+    inputs: list[InputSpec]
     reference: list[np.ndarray]
     metric_name: str
     metric_fn: object
@@ -76,51 +77,56 @@ def prepare(
     for profile in chosen:
         target = get_target(profile.target)
         target.refuse_precision(r.quantize.precision if r.quantize.enabled else "fp32", loaded.path, profile.id)
-    calibration = load_dataset(r.data.calibration, r.inputs, loaded, "data.calibration")
-    evaluation = load_dataset(r.data.evaluation, r.inputs, loaded, "data.evaluation")
+    if r.model.source == "hf":
+        log.info(f"[{r.name}] load the Hugging Face folder and export it with optimum")
+    model = load_model(loaded)
+    inputs = r.inputs if r.inputs is not None else model.hf.inputs
+    tokenizer = model.hf.tokenizer if model.hf is not None else None
+    calibration = load_dataset(r.data.calibration, inputs, loaded, "data.calibration", tokenizer)
+    evaluation = load_dataset(r.data.evaluation, inputs, loaded, "data.evaluation", tokenizer)
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
-    model = load_model(loaded)
+    ctx = Context(loaded, chosen, calibration, evaluation, model, inputs, [], metric_name, metric_fn, higher, 0.0)
     if not with_reference:
-        return Context(loaded, chosen, calibration, evaluation, model, [], metric_name, metric_fn, higher, float("nan"))
+        return ctx
     log.info(f"[{r.name}] reference outputs of the source model on {len(evaluation)} evaluation samples")
-    if model.kind == "torch":
-        reference = torch_reference(model.module, evaluation.inputs, r.inputs)
+    if model.kind == "onnx":
+        ctx.reference = run_all(make_session(model.onnx_path), evaluation.inputs)
     else:
-        reference = run_all(make_session(model.onnx_path), evaluation.inputs)
-    baseline_metric = float(metric_fn(reference[0], evaluation.labels, reference[0]))
-    return Context(
-        loaded, chosen, calibration, evaluation, model, reference, metric_name, metric_fn, higher, baseline_metric
-    )
+        ctx.reference = torch_reference(model.module, evaluation.inputs, inputs)
+    ctx.baseline_metric = float(metric_fn(ctx.reference[0], evaluation.labels, ctx.reference[0]))
+    return ctx
 
 
 def _feed(ctx: Context) -> dict[str, np.ndarray]:
     """One query in the recipe's shape, taken from real evaluation data."""
-    return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.loaded.recipe.inputs}
+    return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
 
 
 def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[Path, dict]:
     r = ctx.loaded.recipe
     static = target.static_shapes
-    key = ("export", target.opset.export, static)
+    fuse = ctx.model.kind == "hf" and target.contrib_ops
+    key = ("export", target.opset.export, static, fuse)
     if key not in cache:
-        path = work / f"baseline-op{target.opset.export}-{'static' if static else 'dynamic'}.onnx"
+        shapes = "static" if static else "dynamic"
+        path = work / f"baseline-op{target.opset.export}-{shapes}{'-fused' if fuse else ''}.onnx"
         log.info(
-            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {'static' if static else 'dynamic'} shapes)"
+            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes{', fused' if fuse else ''})"
         )
-        opset = export_model(
-            ctx.model, r.inputs, r.outputs, target.opset.export, (target.opset.min, target.opset.max), static, path
+        info = export_model(
+            ctx.model,
+            ctx.inputs,
+            r.outputs,
+            target.opset.export,
+            (target.opset.min, target.opset.max),
+            static,
+            path,
+            fuse,
         )
         worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
-        cache[key] = (
-            path,
-            {
-                "step": "export",
-                "opset": opset,
-                "static_shapes": static,
-                "parity": {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True},
-            },
-        )
+        parity = {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True}
+        cache[key] = (path, {"step": "export", "static_shapes": static, **info, "parity": parity})
     return cache[key]
 
 
@@ -135,7 +141,7 @@ def _quantize_for(ctx: Context, target: Target, fp32: Path, work: Path, cache: d
             f"{preset.weight_type}, per-channel {preset.per_channel}, {r.quantize.calibration_method}, "
             f"{min(r.quantize.calibration_samples, len(ctx.calibration))} samples)"
         )
-        batch = r.inputs[0].shape[0]
+        batch = ctx.inputs[0].shape[0]
         cache[key] = quantize_int8(
             fp32, work / f"int8-{digest}.onnx", ctx.calibration, r.quantize, preset, batch, r.seed
         )
@@ -186,6 +192,7 @@ def _variant_record(
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
         "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},
+        "metrics": extra_metrics(ctx.metric_name, meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]),
         "params": stats["parameters"],
         "macs": stats["macs"],
         "produced_by": produced_by,
@@ -244,6 +251,11 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             },
             "baseline",
         )
+    tokenizer = []
+    if ctx.model.hf is not None:
+        from exporter.hf.source import copy_tokenizer
+
+        tokenizer = [f"{profile.id}/tokenizer/{n}" for n in copy_tokenizer(ctx.model.hf, folder / "tokenizer")]
     paths = {}
     for name, (src, *_rest) in artifacts.items():
         dest = folder / f"{name}.onnx"
@@ -288,6 +300,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         "threads": {"profile": profile.threads, "host": threads},
         "deliverable": deliverable["name"],
         "variants": variants,
+        "tokenizer": tokenizer,
         "verdicts": deliverable["verdicts"],
         "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],
         "ok": deliverable["ok"],

@@ -29,7 +29,30 @@ class OnnxSource(Strict):
     path: str
 
 
-ModelSource = Annotated[TorchSource | OnnxSource, Field(discriminator="source")]
+class HFSource(Strict):
+    """A local Hugging Face (or sentence-transformers) folder, exported through optimum; never the hub."""
+
+    source: Literal["hf"]
+    folder: str | None = Field(default=None, description="The model folder (config.json, *.safetensors, tokenizer).")
+    folder_from: str | None = Field(
+        default=None,
+        pattern=CALLABLE_PATTERN,
+        description="module:callable returning the folder, e.g. a model package.",
+    )
+    task: Literal["sentence-embedding", "feature-extraction", "sequence-classification"] = "sentence-embedding"
+    sequence_length: int = Field(default=128, ge=1, le=8192, description="Tokens per query (padding/truncation).")
+    batch: int = Field(default=1, ge=1, le=1024)
+    trust_remote_code: bool = Field(default=False, description="Run Python code shipped in the folder (opt-in).")
+    allow_pickle: bool = Field(default=False, description="Accept pickled *.bin weights when no safetensors exist.")
+
+    @model_validator(mode="after")
+    def _one_folder(self) -> HFSource:
+        if (self.folder is None) == (self.folder_from is None):
+            raise ValueError("give exactly one of 'folder' or 'folder_from'")
+        return self
+
+
+ModelSource = Annotated[TorchSource | OnnxSource | HFSource, Field(discriminator="source")]
 
 
 class InputSpec(Strict):
@@ -51,16 +74,28 @@ class InputSpec(Strict):
 
 
 class DataSource(Strict):
-    """Exactly one of npz or callable."""
+    """Exactly one of npz, callable, text or corpus (text kinds need a model with a tokenizer)."""
 
     npz: str | None = Field(default=None, description="Arrays named after the inputs (+ optional 'labels').")
-    callable: str | None = Field(default=None, pattern=CALLABLE_PATTERN)
+    callable: str | None = Field(
+        default=None, pattern=CALLABLE_PATTERN, description="Returns {input: array, 'labels': array} or a list of str."
+    )
+    text: str | None = Field(default=None, description="A UTF-8 text file, one sentence per line.")
+    corpus: Literal["pydoc-topics"] | None = Field(
+        default=None, description="Bundled English corpus from the standard library, split by topic."
+    )
+    split: Literal["train", "calibration", "evaluation"] | None = Field(
+        default=None, description="Which topic-disjoint split of the corpus."
+    )
     limit: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
 
     @model_validator(mode="after")
     def _one_of(self) -> DataSource:
-        if (self.npz is None) == (self.callable is None):
-            raise ValueError("give exactly one of 'npz' or 'callable'")
+        given = [k for k in ("npz", "callable", "text", "corpus") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'npz', 'callable', 'text' or 'corpus'")
+        if (self.corpus is None) != (self.split is None):
+            raise ValueError("'split' goes with 'corpus' (train, calibration or evaluation)")
         return self
 
 
@@ -92,7 +127,9 @@ class Recipe(Strict):
     version: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelSource
-    inputs: list[InputSpec] = Field(min_length=1)
+    inputs: list[InputSpec] | None = Field(
+        default=None, min_length=1, description="Required for torch and onnx sources; derived for hf."
+    )
     outputs: list[str] | None = Field(default=None, description="Output names; defaults to output_0..")
     data: DataSection
     metric: Literal["top1", "cosine", "mse"] | CallableMetric = "top1"
@@ -105,6 +142,14 @@ class Recipe(Strict):
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="Overrides every profile's budget.")
     output: str = "build"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _inputs_where_needed(self) -> Recipe:
+        if self.model.source != "hf" and self.inputs is None:
+            raise ValueError("'inputs' is required for torch and onnx models")
+        if self.model.source == "hf" and self.inputs is not None:
+            raise ValueError("hf models derive their inputs from the tokenizer; remove 'inputs'")
+        return self
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class LoadedModel:
     module: Any = None  # torch.nn.Module in eval mode
     onnx_path: Path | None = None
     weights_sha256: str | None = None
+    hf: Any = None  # exporter.hf.source.HFModel for Hugging Face folders
 
 
 def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
@@ -136,7 +137,20 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
     return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
-SOURCES: dict[str, Callable[[Any, LoadedRecipe], LoadedModel]] = {"torch": load_torch, "onnx": load_onnx}
+def load_hf(spec: Any, loaded: LoadedRecipe) -> LoadedModel:
+    try:
+        from exporter.hf.source import load_hf as _load
+    except ImportError as exc:
+        raise UsageError(
+            f"Hugging Face support is not installed ({exc.name} missing)",
+            path=loaded.path,
+            field="model.source",
+            fix="pip install 'edgex[hf]'",
+        ) from None
+    return _load(spec, loaded)
+
+
+SOURCES: dict[str, Callable[[Any, LoadedRecipe], LoadedModel]] = {"torch": load_torch, "onnx": load_onnx, "hf": load_hf}
 
 
 def load_model(loaded: LoadedRecipe) -> LoadedModel:

@@ -58,6 +58,9 @@ class Target(Strict):
     static_shapes: bool = Field(description="Runtime needs every dimension fixed (NPUs, NNAPI, CoreML).")
     package_format: Literal["onnx", "ort"]
     channel_multiple: int = Field(default=1, ge=1, description="Channel count the kernels prefer.")
+    contrib_ops: bool = Field(
+        default=False, description="Runtime executes onnxruntime's com.microsoft ops (fused Attention, Gelu...)."
+    )
     quantization: QuantPreset
     notes: str = ""
     source: str = Field(description="Where the runtime's requirements are documented.")
