@@ -44,8 +44,9 @@ def bench_file(path: Path, profile: DeviceProfile, settings: BenchSection | None
     settings = settings or BenchSection()
     check_onnx_file(path)
     threads = host_threads(profile.threads)
-    stats = time_interleaved({"model": path}, synthetic_feed(path), threads, settings)["model"]
-    memory = peak_memory(path, threads)
+    feed = synthetic_feed(path)
+    stats = time_interleaved({"model": path}, feed, threads, settings)["model"]
+    memory = peak_memory(path, threads, feed)
     size_mb = path.stat().st_size / 1e6
     verdicts = judge(
         profile.budgets,

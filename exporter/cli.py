@@ -73,7 +73,7 @@ def _fail(message: str, code: int, as_json: bool, kind: str) -> None:
     help="Extra folder of device profile YAMLs (also EDGEX_PROFILES, os.pathsep-separated).",
 )
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path, ...]) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path, ...]) -> None:
     """edgex: turn a PyTorch or ONNX model into per-device INT8 artifacts, benchmarked against budgets.
 
     \b
@@ -112,7 +112,7 @@ def _summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+@cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option(
     "--profile", "profiles", multiple=True, help="Build for this profile id (repeatable; replaces the recipe's list)."
@@ -135,7 +135,7 @@ def build(ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path
     return 0 if manifest["ok"] else EXIT_GATE
 
 
-@main.command()
+@cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @JSON_OPT
 @click.pass_context
@@ -156,7 +156,7 @@ def validate(ctx: click.Context, recipe: Path, as_json: bool) -> int:
     return 0
 
 
-@main.group()
+@cli.group()
 def profiles() -> None:
     """Device profiles: list, show, validate."""
 
@@ -226,7 +226,7 @@ def profiles_validate(path: Path, as_json: bool) -> int:
     return 0
 
 
-@main.group()
+@cli.group()
 def targets() -> None:
     """Runtime targets: list, show."""
 
@@ -273,7 +273,7 @@ def targets_show(target_id: str, as_json: bool) -> int:
     return 0
 
 
-@main.command()
+@cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--profile", "profile_id", required=True, help="Profile whose threads and budgets apply.")
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Minimum timed runs.")
@@ -312,7 +312,7 @@ def bench(ctx: click.Context, model: Path, profile_id: str, runs: int, seconds: 
     return 0 if result["ok"] else EXIT_GATE
 
 
-@main.command()
+@cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @JSON_OPT
 @command
@@ -338,11 +338,12 @@ def inspect(model: Path, as_json: bool) -> int:
     return 0
 
 
-@main.command()
+@cli.command()
 @click.argument("kind", type=click.Choice(["recipe", "profile", "target"]))
+@JSON_OPT
 @command
-def schema(kind: str) -> int:
-    """Print the JSON Schema of a recipe, profile or target (for editor completion)."""
+def schema(kind: str, as_json: bool) -> int:
+    """Print the JSON Schema of a recipe, profile or target (for editor completion; JSON with or without --json)."""
     from exporter.profiles import DeviceProfile
     from exporter.recipe import Recipe
     from exporter.targets import Target
@@ -350,6 +351,22 @@ def schema(kind: str) -> int:
     model = {"recipe": Recipe, "profile": DeviceProfile, "target": Target}[kind]
     click.echo(json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True))
     return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: click's own usage errors get the same exit code and JSON shape as ours."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="edgex", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130, "--json" in args, "KeyboardInterrupt")
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path if ctx else 'edgex'} --help`)"
+        _fail(f"{exc.format_message()}{hint}", exc.exit_code, "--json" in args, "UsageError")
+    sys.exit(0)
 
 
 if __name__ == "__main__":

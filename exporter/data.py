@@ -88,6 +88,10 @@ def _sentences(source: DataSource, loaded: LoadedRecipe, field: str) -> list[str
     return None
 
 
+def _is_sentences(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(x, str) for x in value)
+
+
 def _call(source: DataSource, loaded: LoadedRecipe, field: str) -> object:
     fn = load_callable(source.callable or "", loaded.path.parent, loaded.path, f"{field}.callable")
     try:
@@ -107,13 +111,17 @@ def load_dataset(
     """Arrays from an .npz or a callable, or sentences (file, corpus, callable) tokenized for the model."""
     where = loaded.path
     sentences = _sentences(source, loaded, field)
+    arrays: dict[str, object] = {}
     if source.npz is not None:
         arrays = _read_npz(loaded.resolve(source.npz), where, f"{field}.npz")
     elif sentences is None:
         result = _call(source, loaded, field)
-        if isinstance(result, (list, tuple)) and result and all(isinstance(x, str) for x in result):
+        labels_given = None
+        if isinstance(result, tuple) and len(result) == 2 and _is_sentences(result[0]):
+            result, labels_given = result  # (sentences, labels)
+        if _is_sentences(result):
             sentences = list(result)
-            arrays = {}
+            arrays = {} if labels_given is None else {"labels": labels_given}
         elif isinstance(result, tuple) and len(result) == 2:
             arrays = dict(result[0])
             arrays["labels"] = result[1]
@@ -124,7 +132,7 @@ def load_dataset(
                 "the data callable must return a dict of arrays, (dict, labels) or a list of sentences",
                 path=where,
                 field=f"{field}.callable",
-                fix="return {input_name: array, 'labels': array} or ['a sentence', ...]",
+                fix="return {input_name: array, 'labels': array}, ['a sentence', ...] or (sentences, labels)",
             )
     if sentences is not None:
         if tokenizer is None:
@@ -135,7 +143,10 @@ def load_dataset(
             sentences = sentences[: source.limit]
         from exporter.hf.text import tokenize
 
+        labels_kept = arrays.get("labels")
         arrays = tokenize(tokenizer, sentences, specs)
+        if labels_kept is not None:
+            arrays["labels"] = np.asarray(labels_kept)[: len(sentences)]
     labels = arrays.pop("labels", None)
     inputs = validate_arrays(arrays, specs, where, field)
     n = len(next(iter(inputs.values())))

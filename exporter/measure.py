@@ -85,5 +85,5 @@ def measure_variants(
         f"and {settings.min_seconds:g} s each)"
     )
     latency = time_interleaved(paths, feed, threads, settings)
-    memory = {name: peak_memory(path, threads) for name, path in paths.items()}
+    memory = {name: peak_memory(path, threads, feed) for name, path in paths.items()}
     return {name: Measurement(latency[name], memory[name], outputs[name]) for name in paths}

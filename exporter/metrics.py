@@ -79,7 +79,7 @@ def resolve_metric(spec: str | CallableMetric, recipe_path: Path) -> tuple[str, 
         fn, higher = METRICS[spec]
         return spec, fn, higher
     fn = load_callable(spec.callable, recipe_path.parent, recipe_path, "metric.callable")
-    return spec.name, fn, True
+    return spec.name, fn, spec.higher_is_better
 
 
 def needs_labels(name: str, labels: np.ndarray | None, where: Path) -> None:

@@ -71,9 +71,14 @@ def prepare(
     """
     loaded = load_recipe(recipe_path)
     r = loaded.recipe
-    chosen = get_profiles(
-        list(profiles) if profiles else r.profiles, profiles_dirs, where="--profile" if profiles else loaded.path
-    )
+    ids = list(profiles) if profiles else r.profiles
+    where = "--profile" if profiles else loaded.path
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise UsageError(
+            f"profile(s) {', '.join(dupes)} listed twice", path=where, field="profiles", fix="list each profile once"
+        )
+    chosen = get_profiles(ids, profiles_dirs, where=where)
     for profile in chosen:
         target = get_target(profile.target)
         target.refuse_precision(r.quantize.precision if r.quantize.enabled else "fp32", loaded.path, profile.id)
@@ -84,6 +89,14 @@ def prepare(
     tokenizer = model.hf.tokenizer if model.hf is not None else None
     calibration = load_dataset(r.data.calibration, inputs, loaded, "data.calibration", tokenizer)
     evaluation = load_dataset(r.data.evaluation, inputs, loaded, "data.evaluation", tokenizer)
+    batch = inputs[0].shape[0]
+    if r.quantize.enabled and len(calibration) < batch:
+        raise UsageError(
+            f"{len(calibration)} calibration samples for a batch of {batch}",
+            path=loaded.path,
+            field="data.calibration",
+            fix=f"give at least {batch} samples",
+        )
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
     ctx = Context(loaded, chosen, calibration, evaluation, model, inputs, [], metric_name, metric_fn, higher, 0.0)
@@ -248,6 +261,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
                 "calibration_sha256": q.calibration_digest,
                 "quantized_nodes": q.quantized_nodes,
                 "kept_in_float": q.float_nodes,
+                "excluded_nodes": q.excluded_nodes,
             },
             "baseline",
         )

@@ -8,6 +8,7 @@ never left silent.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class QuantizeResult:
     preset: dict
     quantized_nodes: dict[str, int] = field(default_factory=dict)
     float_nodes: dict[str, int] = field(default_factory=dict)
+    excluded_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it was kept in float
 
 
 def float_compute_nodes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
@@ -123,30 +125,18 @@ def quantize_int8(
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         raw = Path(tmp) / "int8.onnx"
-        root = logging.getLogger()
-        level = root.level
-        # onnxruntime.quantization logs every tensor it leaves in float on the root logger; the
-        # same facts are counted below and reported per variant as `kept_in_float`.
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_static(
-                str(prepped),
-                str(raw),
-                _Reader(sample.inputs, batch),
-                quant_format=QuantFormat.QDQ if preset.format == "qdq" else QuantFormat.QOperator,
-                op_types_to_quantize=preset.op_types,
-                per_channel=preset.per_channel,
-                activation_type=_QUANT_TYPES[preset.activation_type],
-                weight_type=_QUANT_TYPES[preset.weight_type],
-                calibrate_method=_METHODS[settings.calibration_method],
-                calibration_cache_path=str(Path(tmp) / "calib.cache"),
-                extra_options={
-                    "ActivationSymmetric": preset.activation_symmetric,
-                    "WeightSymmetric": preset.weight_symmetric,
-                },
-            )
-        finally:
-            root.setLevel(level)
+        excluded: dict[str, str] = {}
+        while True:
+            try:
+                _quantize_once(prepped, raw, Path(tmp), sample, settings, preset, batch, sorted(excluded))
+                break
+            except ValueError as exc:
+                node = _bias_failure_node(prepped, str(exc))
+                if node is None or node in excluded or len(excluded) >= 16:
+                    raise
+                # onnxruntime cannot quantize this node's bias because its input stays float (e.g. a
+                # Gemm after Tanh); keep that node in float, say so, and quantize the rest.
+                excluded[node] = " ".join(str(exc).split())[:200]
         model = onnx.load(str(raw))
         quantized, floating = float_compute_nodes(model)
         save_model(model, out_path)
@@ -158,4 +148,56 @@ def quantize_int8(
         preset=preset.model_dump(),
         quantized_nodes=quantized,
         float_nodes=floating,
+        excluded_nodes=excluded,
     )
+
+
+_BIAS_FAILURE = re.compile(r"when quantizing bias '([^']+)'")
+
+
+def _bias_failure_node(model_path: Path, message: str) -> str | None:
+    """The node whose bias onnxruntime failed to quantize, or None for any other failure."""
+    found = _BIAS_FAILURE.search(message)
+    if not found:
+        return None
+    model = onnx.load(str(model_path), load_external_data=False)
+    return next((n.name for n in model.graph.node if found.group(1) in n.input and n.name), None)
+
+
+def _quantize_once(
+    prepped: Path,
+    raw: Path,
+    tmp: Path,
+    sample: Dataset,
+    settings: QuantizeSection,
+    preset: QuantPreset,
+    batch: int,
+    exclude: list[str],
+) -> None:
+    root = logging.getLogger()
+    level = root.level
+    # onnxruntime.quantization logs every tensor it leaves in float on the root logger; the
+    # same facts are counted afterwards and reported per variant as `kept_in_float`.
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(prepped),
+            str(raw),
+            _Reader(sample.inputs, batch),
+            quant_format=QuantFormat.QDQ if preset.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=preset.op_types,
+            per_channel=preset.per_channel,
+            activation_type=_QUANT_TYPES[preset.activation_type],
+            weight_type=_QUANT_TYPES[preset.weight_type],
+            nodes_to_exclude=exclude or None,
+            calibrate_method=_METHODS[settings.calibration_method],
+            calibration_cache_path=str(tmp / "calib.cache"),  # reused when a retry excludes a node
+            extra_options={
+                "ActivationSymmetric": preset.activation_symmetric,
+                "WeightSymmetric": preset.weight_symmetric,
+                # A tensor constant over the calibration set would get a zero scale; give it a minimal range.
+                "MinimumRealRange": 1e-4,
+            },
+        )
+    finally:
+        root.setLevel(level)

@@ -105,8 +105,11 @@ class DataSection(Strict):
 
 
 class CallableMetric(Strict):
+    """fn(output, labels, reference) -> float, computed on the first output over the evaluation set."""
+
     callable: str = Field(pattern=CALLABLE_PATTERN)
     name: str = "custom"
+    higher_is_better: bool = Field(default=True, description="False for error rates (WER, MSE...).")
 
 
 class QuantizeSection(Strict):

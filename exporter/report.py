@@ -92,6 +92,8 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
             if kept is not None:
                 text = ", ".join(f"{op}×{n}" for op, n in kept.items()) or "nothing"
                 lines += ["", f"`{v['name']}` kept in float: {text}."]
+                for node, why in (v["produced_by"].get("excluded_nodes") or {}).items():
+                    lines.append(f"- node `{node}` excluded from quantization: {why}")
         lines.append("")
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -30,7 +30,24 @@ def check_output(final: Path) -> Path:
         raise UsageError(
             "the output path exists and is not a folder", path=final, field="output", fix="choose another --out"
         )
+    if final.is_dir() and any(final.iterdir()) and not _is_release(final):
+        raise UsageError(
+            "the output folder holds files that are not an edgex release; edgex replaces only its own releases",
+            path=final,
+            field="output",
+            fix="choose an empty or new folder for --out",
+        )
     return final
+
+
+def _is_release(folder: Path) -> bool:
+    """A previous edgex build: its manifest names our schema. Anything else is never deleted."""
+    import json
+
+    try:
+        return "schema_version" in json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 @contextmanager

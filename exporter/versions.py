@@ -8,7 +8,20 @@ from importlib import metadata
 
 def tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("edgex", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "scikit-learn"):
+    for dist in (
+        "edgex",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "numpy",
+        "scikit-learn",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "sentence-transformers",
+        "tokenizers",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

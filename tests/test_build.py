@@ -134,15 +134,22 @@ def test_profile_flag_replaces_recipe_list(tmp_path):
     assert latency["budget"] == "latency_p99.9_ms"  # automotive profiles judge the 99.9th percentile
 
 
-def test_rebuild_replaces_previous_release_atomically(tmp_path):
+def test_rebuild_replaces_previous_release_but_never_other_folders(tmp_path):
     recipe = write_tiny_project(tmp_path, quantize={"enabled": False}, bench=dict(FAST_BENCH, min_runs=5))
     out = tmp_path / "rel"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an older release")
-    proc = run_cli("-q", "build", str(recipe), "--profile", "raspberry-pi-5-cpu", "--out", str(out))
+    args = ("-q", "build", str(recipe), "--profile", "raspberry-pi-5-cpu", "--out", str(out))
+    assert run_cli(*args).returncode == 0
+    (out / "stale.txt").write_text("left in an older release")
+    proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert not (out / "stale.txt").exists() and (out / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".rel")) == []
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("not ours")
+    proc = run_cli("build", str(recipe), "--profile", "raspberry-pi-5-cpu", "--out", str(precious))
+    assert proc.returncode == 2 and "not an edgex release" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "not ours"
 
 
 def test_int8_only_target_never_ships_fp32(tiny_build):

@@ -6,11 +6,9 @@ so the harness adds as little as possible to what it measures.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -24,12 +22,17 @@ class LatencyStats:
     mean: float
     stdev: float
     min: float
+    samples: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
 
     def percentile(self, q: float) -> float:
-        return {50.0: self.p50, 90.0: self.p90, 99.0: self.p99, 99.9: self.p999}.get(float(q), float("nan"))
+        """Any percentile a budget names, from the raw samples (not only the summary ones)."""
+        return float(np.percentile(self.samples, q))
 
     def as_dict(self) -> dict:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        keys = ("runs", "seconds", "p50", "p90", "p99", "p999", "mean", "stdev", "min")
+        return {
+            k: round(getattr(self, k), 4) if isinstance(getattr(self, k), float) else getattr(self, k) for k in keys
+        }
 
 
 def summarize(samples_ms: np.ndarray, seconds: float) -> LatencyStats:
@@ -44,32 +47,5 @@ def summarize(samples_ms: np.ndarray, seconds: float) -> LatencyStats:
         mean=float(samples_ms.mean()),
         stdev=float(samples_ms.std(ddof=1)) if samples_ms.size > 1 else 0.0,
         min=float(samples_ms.min()),
+        samples=samples_ms,
     )
-
-
-def measure(
-    session: ort.InferenceSession,
-    feed: dict[str, np.ndarray],
-    warmup: int = 10,
-    min_runs: int = 100,
-    min_seconds: float = 1.0,
-    max_seconds: float = 10.0,
-) -> tuple[LatencyStats, np.ndarray]:
-    """Time whole session.run calls until both minimums are met (or max_seconds passes)."""
-    run = session.run
-    for _ in range(warmup):
-        run(None, feed)
-    clock = time.perf_counter_ns
-    times: list[int] = []
-    start = clock()
-    min_ns, max_ns = int(min_seconds * 1e9), int(max_seconds * 1e9)
-    while True:
-        t0 = clock()
-        run(None, feed)
-        t1 = clock()
-        times.append(t1 - t0)
-        elapsed = t1 - start
-        if (len(times) >= min_runs and elapsed >= min_ns) or elapsed >= max_ns:
-            break
-    samples = np.asarray(times, dtype=np.float64) / 1e6
-    return summarize(samples, (clock() - start) / 1e9), samples

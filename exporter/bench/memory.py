@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 _PROBE = r"""
 import json, sys
@@ -25,21 +28,15 @@ def status_mb(key):
                 return int(line.split()[1]) / 1024
     return 0.0
 
-path, threads, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, threads, runs, feed_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+with np.load(feed_path, allow_pickle=False) as npz:
+    feed = {k: npz[k] for k in npz.files}
 before = status_mb("VmRSS")
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
 so.log_severity_level = 3
 so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
-rng = np.random.default_rng(0)
-types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-         "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
-feed = {}
-for i in sess.get_inputs():
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
-    dt = types.get(i.type, np.float32)
-    feed[i.name] = rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt)
 for _ in range(runs):
     sess.run(None, feed)
 peak = status_mb("VmHWM")
@@ -48,14 +45,17 @@ print(json.dumps({"peak_rss_mb": round(peak, 2), "baseline_rss_mb": round(before
 """
 
 
-def peak_memory(path: Path, threads: int, runs: int = 5, timeout: float = 300.0) -> dict:
-    """Run the probe in a fresh interpreter that imports only numpy and onnxruntime."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path), str(threads), str(runs)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def peak_memory(path: Path, threads: int, feed: dict[str, np.ndarray], runs: int = 5, timeout: float = 300.0) -> dict:
+    """Run the probe in a fresh interpreter that imports only numpy and onnxruntime, on the benchmark's own query."""
+    with tempfile.TemporaryDirectory(prefix="edgex-mem-") as tmp:
+        feed_path = Path(tmp) / "feed.npz"
+        np.savez(feed_path, **feed)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path), str(threads), str(runs), str(feed_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"memory probe failed on {path.name}: {tail}")

@@ -54,7 +54,15 @@ class HFModel:
 def resolve_folder(spec: HFSource, loaded: LoadedRecipe) -> Path:
     if spec.folder_from:
         fn = load_callable(spec.folder_from, loaded.path.parent, loaded.path, "model.folder_from")
-        folder = Path(fn())
+        try:
+            folder = Path(fn())
+        except Exception as exc:
+            raise UsageError(
+                f"the folder callable raised {type(exc).__name__}: {exc}",
+                path=loaded.path,
+                field="model.folder_from",
+                fix="fix the function so it returns the model folder",
+            ) from None
     else:
         folder = loaded.resolve(spec.folder or "")
     if not (folder / "config.json").is_file():
