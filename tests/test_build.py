@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import yaml
 from conftest import FAST_BENCH, run_cli, write_tiny_project
 
@@ -164,3 +165,29 @@ def test_int8_only_target_refuses_a_float_build(tmp_path):
     assert proc.returncode == 2
     assert "quantize.enabled" in proc.stderr and "cannot run fp32" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_profiles_are_refused(tmp_path):
+    recipe = write_tiny_project(tmp_path)
+    proc = run_cli("build", str(recipe), "--profile", "tda4vm-cpu", "--profile", "tda4vm-cpu")
+    assert proc.returncode == 2 and "listed twice" in proc.stderr
+
+
+def test_lower_is_better_custom_metric(tmp_path):
+    """A callable error metric (lower is better): a worse INT8 model must show a positive drop."""
+    recipe = write_tiny_project(
+        tmp_path,
+        metric={"callable": "err.py:rmse", "name": "rmse", "higher_is_better": False},
+        profiles=["raspberry-pi-5-cpu"],
+        bench=dict(FAST_BENCH, min_runs=5),
+        max_accuracy_drop=1000.0,
+    )
+    (tmp_path / "err.py").write_text(
+        "import numpy as np\n\n\ndef rmse(output, labels, reference):\n"
+        "    return float(np.sqrt(np.mean((output - reference) ** 2)))\n"
+    )
+    proc = run_cli("-q", "build", str(recipe), "--json")
+    assert proc.returncode == 0, proc.stderr
+    base, int8 = json.loads(proc.stdout)["profiles"][0]["variants"]
+    assert base["metric"]["value"] == 0.0 and int8["metric"]["value"] > 0
+    assert int8["metric"]["drop"] == pytest.approx(int8["metric"]["value"])  # worse = positive drop

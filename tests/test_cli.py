@@ -27,7 +27,7 @@ def test_schema_commands_emit_json_schema():
         schema = json.loads(proc.stdout)
         assert schema["type"] == "object" and schema["additionalProperties"] is False
     recipe_schema = json.loads(run_cli("schema", "recipe").stdout)
-    assert {"version", "model", "inputs", "data", "profiles"} <= set(recipe_schema["required"])
+    assert {"version", "model", "data", "profiles"} <= set(recipe_schema["required"])
 
 
 def test_targets_list_and_show():
@@ -110,3 +110,36 @@ def test_python_api_mirrors_cli(tiny_build, tmp_path):
     manifest = exporter.build(tiny_build["recipe"], profiles=["raspberry-pi-5-cpu"], out=tmp_path / "api")
     assert manifest["profiles"][0]["id"] == "raspberry-pi-5-cpu"
     assert Path(tmp_path / "api" / "manifest.json").is_file()
+
+
+def test_click_usage_errors_follow_the_contract():
+    proc = run_cli("build", "--json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = json.loads(proc.stdout)["error"]
+    assert err["exit_code"] == 2 and "RECIPE" in err["message"] and "edgex build --help" in err["message"]
+    proc = run_cli("no-such-command")
+    assert proc.returncode == 2 and proc.stderr.startswith("edgex: error:")
+
+
+def test_any_latency_percentile_is_judged(tiny_build, tmp_path):
+    data = yaml.safe_load((ROOT / "device_profiles" / "raspberry-pi-5-cpu.yaml").read_text())
+    data["id"] = "p95-board"
+    data["budgets"]["latency"] = {"percentile": 95, "max_ms": 1000}
+    (tmp_path / "p95-board.yaml").write_text(yaml.safe_dump(data))
+    model = tiny_build["out"] / "raspberry-pi-5-cpu" / "baseline.onnx"
+    proc = run_cli(
+        "--profiles-dir",
+        str(tmp_path),
+        "bench",
+        str(model),
+        "--profile",
+        "p95-board",
+        "--runs",
+        "20",
+        "--seconds",
+        "0",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stdout
+    verdict = json.loads(proc.stdout)["verdicts"][0]
+    assert verdict["budget"] == "latency_p95_ms" and verdict["ok"] is True and 0 < verdict["value"] < 1000
