@@ -7,10 +7,11 @@ same thing (same opset, shape policy and preset), and their bytes are copied per
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,55 @@ class Context:
     metric_fn: object
     higher_is_better: bool
     baseline_metric: float
+    shapes: dict = field(default_factory=dict, repr=False)  # (batch, seq) -> Context, per-profile shapes
+
+
+def _reference(ctx: Context) -> Context:
+    """Outputs of the source model on the evaluation set: the FP32 truth every variant is judged against."""
+    r = ctx.loaded.recipe
+    log.info(f"[{r.name}] reference outputs of the source model on {len(ctx.evaluation)} evaluation samples")
+    if ctx.model.kind == "onnx":
+        ctx.reference = run_all(make_session(ctx.model.onnx_path), ctx.evaluation.inputs)
+    else:
+        ctx.reference = torch_reference(ctx.model.module, ctx.evaluation.inputs, ctx.inputs)
+    ctx.baseline_metric = float(ctx.metric_fn(ctx.reference[0], ctx.evaluation.labels, ctx.reference[0]))
+    return ctx
+
+
+def _load_data(loaded: LoadedRecipe, model: LoadedModel, inputs: list[InputSpec]) -> tuple[Dataset, Dataset]:
+    r = loaded.recipe
+    tokenizer = model.hf.tokenizer if model.hf is not None else None
+    calibration = load_dataset(r.data.calibration, inputs, loaded, "data.calibration", tokenizer)
+    evaluation = load_dataset(r.data.evaluation, inputs, loaded, "data.evaluation", tokenizer)
+    batch = inputs[0].shape[0]
+    if r.quantize.enabled and len(calibration) < batch:
+        raise UsageError(
+            f"{len(calibration)} calibration samples for a batch of {batch}",
+            path=loaded.path,
+            field="data.calibration",
+            fix=f"give at least {batch} samples",
+        )
+    return calibration, evaluation
+
+
+def for_profile(ctx: Context, profile: DeviceProfile) -> Context:
+    """The context in this profile's input shape: the recipe's, or an hf `per_profile` override
+    (data re-tokenized at that length and a reference computed for it, once per shape)."""
+    spec = ctx.loaded.recipe.model
+    override = getattr(spec, "per_profile", {}).get(profile.id)
+    if override is None:
+        return ctx
+    batch = override.batch or spec.batch
+    seq = override.sequence_length or spec.sequence_length
+    key = (batch, seq)
+    if key == (spec.batch, spec.sequence_length):
+        return ctx
+    if key not in ctx.shapes:
+        inputs = [i.model_copy(update={"shape": [batch, seq]}) for i in ctx.inputs]
+        calibration, evaluation = _load_data(ctx.loaded, ctx.model, inputs)
+        shaped = dataclasses.replace(ctx, inputs=inputs, calibration=calibration, evaluation=evaluation, shapes={})
+        ctx.shapes[key] = _reference(shaped)
+    return ctx.shapes[key]
 
 
 def sha256_file(path: Path) -> str:
@@ -84,31 +134,21 @@ def prepare(
         target.refuse_precision(r.quantize.precision if r.quantize.enabled else "fp32", loaded.path, profile.id)
     if r.model.source == "hf":
         log.info(f"[{r.name}] load the Hugging Face folder and export it with optimum")
+        unknown = sorted(set(r.model.per_profile) - set(r.profiles) - set(ids))
+        if unknown:
+            raise UsageError(
+                f"per_profile names {unknown}, not profiles of this recipe",
+                path=loaded.path,
+                field="model.per_profile",
+                fix="use ids from `profiles:`",
+            )
     model = load_model(loaded)
     inputs = r.inputs if r.inputs is not None else model.hf.inputs
-    tokenizer = model.hf.tokenizer if model.hf is not None else None
-    calibration = load_dataset(r.data.calibration, inputs, loaded, "data.calibration", tokenizer)
-    evaluation = load_dataset(r.data.evaluation, inputs, loaded, "data.evaluation", tokenizer)
-    batch = inputs[0].shape[0]
-    if r.quantize.enabled and len(calibration) < batch:
-        raise UsageError(
-            f"{len(calibration)} calibration samples for a batch of {batch}",
-            path=loaded.path,
-            field="data.calibration",
-            fix=f"give at least {batch} samples",
-        )
+    calibration, evaluation = _load_data(loaded, model, inputs)
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
     ctx = Context(loaded, chosen, calibration, evaluation, model, inputs, [], metric_name, metric_fn, higher, 0.0)
-    if not with_reference:
-        return ctx
-    log.info(f"[{r.name}] reference outputs of the source model on {len(evaluation)} evaluation samples")
-    if model.kind == "onnx":
-        ctx.reference = run_all(make_session(model.onnx_path), evaluation.inputs)
-    else:
-        ctx.reference = torch_reference(model.module, evaluation.inputs, inputs)
-    ctx.baseline_metric = float(metric_fn(ctx.reference[0], evaluation.labels, ctx.reference[0]))
-    return ctx
+    return _reference(ctx) if with_reference else ctx
 
 
 def _feed(ctx: Context) -> dict[str, np.ndarray]:
@@ -120,10 +160,11 @@ def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[
     r = ctx.loaded.recipe
     static = target.static_shapes
     fuse = ctx.model.kind == "hf" and target.contrib_ops
-    key = ("export", target.opset.export, static, fuse)
+    dims = "x".join(str(d) for d in ctx.inputs[0].shape)
+    key = ("export", target.opset.export, static, fuse, dims)
     if key not in cache:
         shapes = "static" if static else "dynamic"
-        path = work / f"baseline-op{target.opset.export}-{shapes}{'-fused' if fuse else ''}.onnx"
+        path = work / f"baseline-op{target.opset.export}-{shapes}-{dims}{'-fused' if fuse else ''}.onnx"
         log.info(
             f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes{', fused' if fuse else ''})"
         )
@@ -235,6 +276,7 @@ def _choose_deliverable(variants: list[dict], target: Target) -> dict:
 
 
 def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path, cache: dict) -> dict:
+    ctx = for_profile(ctx, profile)
     r = ctx.loaded.recipe
     target = get_target(profile.target)
     threads = host_threads(profile.threads)
@@ -312,6 +354,12 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             else "ships .onnx, the target's own format",
         },
         "threads": {"profile": profile.threads, "host": threads},
+        "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in ctx.inputs],
+        "data": {
+            "calibration_sha256": ctx.calibration.digest,
+            "evaluation_sha256": ctx.evaluation.digest,
+            "baseline_metric": round(ctx.baseline_metric, 6),
+        },
         "deliverable": deliverable["name"],
         "variants": variants,
         "tokenizer": tokenizer,

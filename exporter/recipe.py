@@ -29,6 +29,11 @@ class OnnxSource(Strict):
     path: str
 
 
+class HFShape(Strict):
+    sequence_length: int | None = Field(default=None, ge=1, le=8192)
+    batch: int | None = Field(default=None, ge=1, le=1024)
+
+
 class HFSource(Strict):
     """A local Hugging Face (or sentence-transformers) folder, exported through optimum; never the hub."""
 
@@ -42,6 +47,9 @@ class HFSource(Strict):
     task: Literal["sentence-embedding", "feature-extraction", "sequence-classification"] = "sentence-embedding"
     sequence_length: int = Field(default=128, ge=1, le=8192, description="Tokens per query (padding/truncation).")
     batch: int = Field(default=1, ge=1, le=1024)
+    per_profile: dict[str, HFShape] = Field(
+        default_factory=dict, description="Profile id -> sequence_length/batch where a device needs its own shape."
+    )
     trust_remote_code: bool = Field(default=False, description="Run Python code shipped in the folder (opt-in).")
     allow_pickle: bool = Field(default=False, description="Accept pickled *.bin weights when no safetensors exist.")
 
