@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _level = 1  # 0 quiet, 1 normal, 2 verbose
 
@@ -20,3 +23,21 @@ def info(msg: str) -> None:
 def debug(msg: str) -> None:
     if _level >= 2:
         print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send anything third-party code prints (Python or native) to stderr while it runs.
+
+    Some tools print progress to stdout (onnxruntime.transformers' shape inference notices), which
+    would corrupt `--json` output; stdout belongs to results only.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

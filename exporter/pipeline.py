@@ -376,6 +376,13 @@ def build(
     profiles_dirs: tuple[Path, ...] | list[Path] = (),
 ) -> dict:
     """Build every profile of a recipe; returns the manifest (also written to OUT/manifest.json)."""
+    with log.stdout_to_stderr():
+        return _build(recipe, profiles, out, profiles_dirs)
+
+
+def _build(
+    recipe: str | Path, profiles: list[str] | None, out: str | Path | None, profiles_dirs: tuple[Path, ...] | list[Path]
+) -> dict:
     if out is not None:
         check_output(Path(out))
     ctx = prepare(recipe, profiles, profiles_dirs)
