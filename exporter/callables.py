@@ -64,3 +64,12 @@ def load_callable(spec: str, base_dir: Path, where: Path, field: str) -> Callabl
             fix="name a function defined in that module",
         )
     return fn
+
+
+def call_user(spec: str, base_dir: Path, where: Path, field: str, what: str, fix: str) -> Any:
+    """Import and call a recipe's callable; its exception becomes a one-line error naming the field."""
+    fn = load_callable(spec, base_dir, where, field)
+    try:
+        return fn()
+    except Exception as exc:
+        raise UsageError(f"the {what} raised {type(exc).__name__}: {exc}", path=where, field=field, fix=fix) from None

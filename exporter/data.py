@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.callables import load_callable
+from exporter.callables import call_user
 from exporter.errors import UsageError
 from exporter.recipe import DataSource, InputSpec, LoadedRecipe
 
@@ -93,16 +93,14 @@ def _is_sentences(value: object) -> bool:
 
 
 def _call(source: DataSource, loaded: LoadedRecipe, field: str) -> object:
-    fn = load_callable(source.callable or "", loaded.path.parent, loaded.path, f"{field}.callable")
-    try:
-        return fn()
-    except Exception as exc:
-        raise UsageError(
-            f"the data callable raised {type(exc).__name__}: {exc}",
-            path=loaded.path,
-            field=f"{field}.callable",
-            fix="fix the function so it returns the arrays",
-        ) from None
+    return call_user(
+        source.callable or "",
+        loaded.path.parent,
+        loaded.path,
+        f"{field}.callable",
+        "data callable",
+        "fix the function so it returns the arrays",
+    )
 
 
 def load_dataset(

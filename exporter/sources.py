@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.callables import load_callable
+from exporter.callables import call_user
 from exporter.errors import UsageError
 from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
 
@@ -71,16 +71,14 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
 def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
     import hashlib
 
-    factory = load_callable(spec.factory, loaded.path.parent, loaded.path, "model.factory")
-    try:
-        module = factory()
-    except Exception as exc:
-        raise UsageError(
-            f"the factory raised {type(exc).__name__}: {exc}",
-            path=loaded.path,
-            field="model.factory",
-            fix="fix the factory so it returns the model",
-        ) from None
+    module = call_user(
+        spec.factory,
+        loaded.path.parent,
+        loaded.path,
+        "model.factory",
+        "factory",
+        "fix the factory so it returns the model",
+    )
     import torch
 
     if not isinstance(module, torch.nn.Module):

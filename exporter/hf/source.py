@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from exporter import hf as _offline  # noqa: F401  (sets the offline environment first)
-from exporter.callables import load_callable
+from exporter.callables import call_user
 from exporter.errors import UsageError
 from exporter.recipe import HFSource, InputSpec, LoadedRecipe
 
@@ -53,16 +53,16 @@ class HFModel:
 
 def resolve_folder(spec: HFSource, loaded: LoadedRecipe) -> Path:
     if spec.folder_from:
-        fn = load_callable(spec.folder_from, loaded.path.parent, loaded.path, "model.folder_from")
-        try:
-            folder = Path(fn())
-        except Exception as exc:
-            raise UsageError(
-                f"the folder callable raised {type(exc).__name__}: {exc}",
-                path=loaded.path,
-                field="model.folder_from",
-                fix="fix the function so it returns the model folder",
-            ) from None
+        folder = Path(
+            call_user(
+                spec.folder_from,
+                loaded.path.parent,
+                loaded.path,
+                "model.folder_from",
+                "folder callable",
+                "fix the function so it returns the model folder",
+            )
+        )
     else:
         folder = loaded.resolve(spec.folder or "")
     if not (folder / "config.json").is_file():
@@ -103,52 +103,43 @@ def check_folder_safety(folder: Path, spec: HFSource, where: Path) -> None:
             )
 
 
-def _reference_module(folder: Path, spec: HFSource):
-    """The FP32 PyTorch model every variant is judged against, taking the ONNX inputs positionally."""
+def _reference_module(folder: Path, spec: HFSource, names: list[str]):
+    """The FP32 PyTorch model every variant is judged against, called with the ONNX inputs in graph order."""
     import torch
 
     if spec.task == "sentence-embedding":
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(
+        model = SentenceTransformer(
             str(folder), device="cpu", trust_remote_code=spec.trust_remote_code, local_files_only=True
         )
 
-        class Embedder(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.st = st
+        def pick(features: dict) -> torch.Tensor:
+            return model(features)["sentence_embedding"]
+    else:
+        from transformers import AutoModel, AutoModelForSequenceClassification
 
-            def forward(self, input_ids, attention_mask, token_type_ids=None):
-                features = {"input_ids": input_ids, "attention_mask": attention_mask}
-                if token_type_ids is not None:
-                    features["token_type_ids"] = token_type_ids
-                return self.st(features)["sentence_embedding"]
+        cls = AutoModelForSequenceClassification if spec.task == "sequence-classification" else AutoModel
+        model = cls.from_pretrained(
+            str(folder),
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=True,
+            use_safetensors=not spec.allow_pickle or None,
+        )
+        key = "logits" if spec.task == "sequence-classification" else "last_hidden_state"
 
-        return Embedder().eval()
-    from transformers import AutoModel, AutoModelForSequenceClassification
+        def pick(features: dict) -> torch.Tensor:
+            return getattr(model(**features), key)
 
-    cls = AutoModelForSequenceClassification if spec.task == "sequence-classification" else AutoModel
-    model = cls.from_pretrained(
-        str(folder),
-        trust_remote_code=spec.trust_remote_code,
-        local_files_only=True,
-        use_safetensors=not spec.allow_pickle or None,
-    )
-    key = "logits" if spec.task == "sequence-classification" else "last_hidden_state"
-
-    class Wrapped(torch.nn.Module):
+    class ByName(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
-            return getattr(self.model(**kwargs), key)
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return pick(dict(zip(names, tensors, strict=True)))
 
-    return Wrapped().eval()
+    return ByName().eval()
 
 
 def export_canonical(folder: Path, spec: HFSource, out_dir: Path, opset: int, where: Path) -> tuple[Path, str]:
@@ -219,10 +210,10 @@ def load_hf(spec: HFSource, loaded: LoadedRecipe):
             field="model.folder",
             fix="the folder needs the tokenizer files saved with the model",
         ) from None
-    module = _reference_module(folder, spec)
     workdir = tempfile.TemporaryDirectory(prefix="edgex-hf-")
     canonical, output = export_canonical(folder, spec, Path(workdir.name), 18, loaded.path)
     graph_inputs = [i.name for i in onnx.load(str(canonical), load_external_data=False).graph.input]
+    module = _reference_module(folder, spec, graph_inputs)
     inputs = [
         InputSpec(
             name=n, shape=[spec.batch, spec.sequence_length], dtype="int64", dynamic_axes={0: "batch", 1: "sequence"}
