@@ -40,34 +40,38 @@ def _weight_shape(node_input: str, shapes: dict[str, list[int]], producers: dict
     return []
 
 
-def count_macs(model: onnx.ModelProto) -> int:
+def macs_per_node(model: onnx.ModelProto) -> dict[str, int]:
+    """MACs of each node that does multiply-accumulate work, keyed by node name (or op#index)."""
     shapes = _shapes(model)
     producers = {o: n for n in model.graph.node for o in n.output}
-    total = 0
-    for node in model.graph.node:
+    found: dict[str, int] = {}
+    for index, node in enumerate(model.graph.node):
         op = node.op_type
         out = shapes.get(node.output[0]) if node.output else None
         if not out:
             continue
+        macs = 0
         if op in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
-            w_idx = 3 if op == "QLinearConv" else 1
-            w = _weight_shape(node.input[w_idx], shapes, producers)
+            w = _weight_shape(node.input[3 if op == "QLinearConv" else 1], shapes, producers)
             if len(w) >= 3:
-                per_out = int(np.prod(w[1:]))
                 if op == "ConvTranspose":
-                    total += int(np.prod(shapes.get(node.input[0], [0]))) * int(np.prod(w[1:]))
+                    macs = int(np.prod(shapes.get(node.input[0], [0]))) * int(np.prod(w[1:]))
                 else:
-                    total += int(np.prod(out)) * per_out
+                    macs = int(np.prod(out)) * int(np.prod(w[1:]))
         elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"):
-            a_idx = 0
-            a = shapes.get(node.input[a_idx], [])
-            if op == "Gemm":
-                trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
-                k = a[0] if trans_a and a else (a[-1] if a else 0)
+            a = shapes.get(node.input[0], [])
+            if op == "Gemm" and next((at.i for at in node.attribute if at.name == "transA"), 0):
+                k = a[0] if a else 0
             else:
                 k = a[-1] if a else 0
-            total += int(np.prod(out)) * int(k)
-    return total
+            macs = int(np.prod(out)) * int(k)
+        if macs:
+            found[node.name or f"{op}#{index}"] = macs
+    return found
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    return sum(macs_per_node(model).values())
 
 
 def inspect_model(path: Path) -> dict:

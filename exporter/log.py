@@ -26,15 +26,18 @@ def debug(msg: str) -> None:
 
 
 @contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send anything third-party code prints (Python or native) to stderr while it runs.
+def stdout_to_stderr(discard: bool = False) -> Iterator[None]:
+    """Send anything third-party code prints (Python or native) to stderr, or nowhere, while it runs.
 
-    Some tools print progress to stdout (onnxruntime.transformers' shape inference notices), which
-    would corrupt `--json` output; stdout belongs to results only.
+    Some tools print progress to stdout (onnxruntime.transformers' shape inference notices, the
+    ORT-format converter's chatter), which would corrupt `--json` output; stdout belongs to results.
     """
     sys.stdout.flush()
     saved = os.dup(1)
-    os.dup2(2, 1)
+    target = os.open(os.devnull, os.O_WRONLY) if discard else 2
+    os.dup2(target, 1)
+    if discard:
+        os.close(target)
     try:
         yield
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter import log
-from exporter.bench.verdicts import judge, overall
+from exporter.bench.verdicts import judge, judge_preflight, overall
 from exporter.data import Dataset, load_dataset
 from exporter.errors import UsageError
 from exporter.export import check_parity, export_model, torch_reference
@@ -27,12 +27,14 @@ from exporter.measure import measure_variants
 from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
 from exporter.profiles import DeviceProfile, get_profiles
 from exporter.quantize import QuantizeResult, quantize_int8
-from exporter.recipe import InputSpec, LoadedRecipe, load_recipe
+from exporter.recipe import BenchSection, InputSpec, LoadedRecipe, load_recipe
 from exporter.report import write_report
 from exporter.runtime import host_threads, make_session, run_all
 from exporter.sources import LoadedModel, load_model
 from exporter.staging import check_output, staged_output
 from exporter.targets import Target, get_target
+
+PACKAGE_BENCH = BenchSection(warmup_runs=3, min_runs=20, min_seconds=0.2, max_seconds=5.0)
 
 
 @dataclass
@@ -275,6 +277,90 @@ def _choose_deliverable(variants: list[dict], target: Target) -> dict:
     return min(variants, key=shortfall)
 
 
+def _artifacts(ctx: Context, target: Target, work: Path, cache: dict) -> dict[str, tuple]:
+    """name -> (file, precision, produced_by, parent), in lineage order."""
+    r = ctx.loaded.recipe
+    fp32_work, export_info = _export_for(ctx, target, work, cache)
+    artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
+    if r.quantize.enabled:
+        q = _quantize_for(ctx, target, fp32_work, work, cache)
+        produced_by = {"step": "quantize", "precision": "int8"}
+        produced_by.update(
+            {
+                k: q.preset[k]
+                for k in (
+                    "format",
+                    "activation_type",
+                    "weight_type",
+                    "per_channel",
+                    "activation_symmetric",
+                    "weight_symmetric",
+                )
+            }
+        )
+        produced_by.update(
+            {
+                "calibration_method": q.method,
+                "calibration_samples": q.calibration_samples,
+                "calibration_sha256": q.calibration_digest,
+                "quantized_nodes": q.quantized_nodes,
+                "kept_in_float": q.float_nodes,
+                "excluded_nodes": q.excluded_nodes,
+            }
+        )
+        artifacts["int8"] = (q.path, "int8", produced_by, "baseline")
+    return artifacts
+
+
+def _preflight_and_package(
+    ctx: Context, profile: DeviceProfile, target: Target, paths: dict[str, Path], threads: int
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Operator coverage of every variant, and its device package (.ort where the target wants it)."""
+    from exporter.package import package_parity, to_ort
+    from exporter.preflight import preflight
+
+    checks, packages = {}, {}
+    for name, path in paths.items():
+        checks[name] = preflight(path, target)
+        pf = checks[name]
+        if pf["cpu_fallback_nodes"]:
+            ops = ", ".join(f"{op}x{n}" for op, n in pf["unsupported_ops"].items())
+            log.info(
+                f"[{profile.id}] preflight {name}: {pf['cpu_fallback_nodes']} of {pf['nodes']} nodes fall back "
+                f"to the CPU ({ops}); {pf['partitions']} accelerator partition(s)"
+            )
+        if target.package_format == "ort":
+            log.info(f"[{profile.id}] package {name} as ORT format ({target.ort_optimization_style} optimizations)")
+            ort_path, config, reproducible = to_ort(path, path.parent, target.ort_optimization_style)
+            parity = package_parity(path, ort_path, ctx.evaluation.inputs, threads, PACKAGE_BENCH)
+            packages[name] = {
+                "path": f"{profile.id}/{ort_path.name}",
+                "format": "ort",
+                "required_operators": f"{profile.id}/{config.name}",
+                "parity": parity,
+                "reproducible": reproducible,  # False where setarch is missing: the .ort bytes may vary
+            }
+        else:
+            packages[name] = {"path": f"{profile.id}/{path.name}", "format": "onnx"}
+    return checks, packages
+
+
+def _ship(
+    ctx: Context, profile: DeviceProfile, target: Target, folder: Path, deliverable: dict, threads: int, files: dict
+) -> dict:
+    """runtime.json and the reference bundle for the variant that ships."""
+    from exporter.package import reference_bundle, runtime_json
+
+    r = ctx.loaded.recipe
+    model_file = Path(deliverable["package"]["path"]).name
+    check = reference_bundle(folder, folder / model_file, ctx.evaluation.inputs, threads)
+    session = make_session(folder / model_file, threads)
+    notes = r.runtime_notes.model_dump() if r.runtime_notes else {}
+    runtime = runtime_json(profile, target, model_file, session, notes, files, check)
+    (folder / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return runtime
+
+
 def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path, cache: dict) -> dict:
     ctx = for_profile(ctx, profile)
     r = ctx.loaded.recipe
@@ -282,47 +368,27 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     threads = host_threads(profile.threads)
     folder = stage / profile.id
     folder.mkdir(parents=True)
-    fp32_work, export_info = _export_for(ctx, target, work, cache)
-    artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
-    if r.quantize.enabled:
-        q = _quantize_for(ctx, target, fp32_work, work, cache)
-        artifacts["int8"] = (
-            q.path,
-            "int8",
-            {
-                "step": "quantize",
-                "precision": "int8",
-                "format": q.preset["format"],
-                "activation_type": q.preset["activation_type"],
-                "weight_type": q.preset["weight_type"],
-                "per_channel": q.preset["per_channel"],
-                "activation_symmetric": q.preset["activation_symmetric"],
-                "weight_symmetric": q.preset["weight_symmetric"],
-                "calibration_method": q.method,
-                "calibration_samples": q.calibration_samples,
-                "calibration_sha256": q.calibration_digest,
-                "quantized_nodes": q.quantized_nodes,
-                "kept_in_float": q.float_nodes,
-                "excluded_nodes": q.excluded_nodes,
-            },
-            "baseline",
-        )
-    tokenizer = []
+    artifacts = _artifacts(ctx, target, work, cache)
+    files: dict[str, object] = {}
     if ctx.model.hf is not None:
         from exporter.hf.source import copy_tokenizer
 
-        tokenizer = [f"{profile.id}/tokenizer/{n}" for n in copy_tokenizer(ctx.model.hf, folder / "tokenizer")]
+        files["tokenizer"] = [f"tokenizer/{n}" for n in copy_tokenizer(ctx.model.hf, folder / "tokenizer")]
+    if r.labels_file:
+        shutil.copyfile(ctx.loaded.resolve(r.labels_file), folder / "labels.txt")
+        files["labels"] = "labels.txt"
     paths = {}
     for name, (src, *_rest) in artifacts.items():
-        dest = folder / f"{name}.onnx"
-        shutil.copyfile(src, dest)
-        paths[name] = dest
+        paths[name] = folder / f"{name}.onnx"
+        shutil.copyfile(src, paths[name])
+    checks, packages = _preflight_and_package(ctx, profile, target, paths, threads)
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
     meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id, mode)
     max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
-    variants = [
-        _variant_record(
+    variants = []
+    for name, (_src, precision, produced_by, parent) in artifacts.items():
+        record = _variant_record(
             ctx,
             name,
             paths[name],
@@ -336,9 +402,14 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             max_drop,
             mode,
         )
-        for name, (_src, precision, produced_by, parent) in artifacts.items()
-    ]
+        gates = [v.as_dict() for v in judge_preflight(profile.preflight, checks[name])]
+        record["verdicts"] += gates
+        record["ok"] = record["ok"] and all(v["ok"] is not False for v in gates)
+        record["preflight"] = checks[name]
+        record["package"] = packages[name]
+        variants.append(record)
     deliverable = _choose_deliverable(variants, target)
+    runtime = _ship(ctx, profile, target, folder, deliverable, threads, files)
     return {
         "id": profile.id,
         "name": profile.name,
@@ -346,13 +417,6 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         "target": target.id,
         "execution_provider": target.execution_provider,
         "host_execution_provider": "CPUExecutionProvider",
-        "package": {
-            "format": "onnx",
-            "target_format": target.package_format,
-            "note": "ships .onnx; conversion to the target's ORT format is not built in this version"
-            if target.package_format != "onnx"
-            else "ships .onnx, the target's own format",
-        },
         "threads": {"profile": profile.threads, "host": threads},
         "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in ctx.inputs],
         "data": {
@@ -361,8 +425,14 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             "baseline_metric": round(ctx.baseline_metric, 6),
         },
         "deliverable": deliverable["name"],
+        "package": {
+            "model": f"{profile.id}/{runtime['model']}",
+            "runtime": f"{profile.id}/runtime.json",
+            "reference": f"{profile.id}/reference/check_reference.py",
+            "format": runtime["format"],
+        },
         "variants": variants,
-        "tokenizer": tokenizer,
+        "tokenizer": [f"{profile.id}/{p}" for p in files.get("tokenizer", [])],
         "verdicts": deliverable["verdicts"],
         "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],
         "ok": deliverable["ok"],

@@ -59,6 +59,13 @@ class Budgets(Strict):
     )
 
 
+class PreflightLimits(Strict):
+    """Operator-coverage gates checked before benchmarking (preflight)."""
+
+    max_partitions: int | None = Field(default=None, ge=1, description="Most accelerator partitions allowed.")
+    allow_cpu_fallback: bool = Field(default=True, description="False: every node must run on the accelerator.")
+
+
 class DeviceProfile(Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -68,6 +75,7 @@ class DeviceProfile(Strict):
     threads: int = Field(ge=1, le=64, description="Threads the app gives the runtime on the device.")
     soc: dict[str, Fact] = Field(description="SoC facts, each with its source.")
     budgets: Budgets
+    preflight: PreflightLimits = Field(default_factory=PreflightLimits)
     notes: str = ""
 
 

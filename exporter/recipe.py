@@ -134,6 +134,13 @@ class BenchSection(Strict):
     max_seconds: float = Field(default=10.0, gt=0)
 
 
+class RuntimeNotes(Strict):
+    """What an app must do around the model; copied into each package's runtime.json."""
+
+    preprocessing: str = ""
+    postprocessing: str = ""
+
+
 class Recipe(Strict):
     version: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -153,6 +160,8 @@ class Recipe(Strict):
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="Overrides every profile's budget.")
     output: str = "build"
     seed: int = 0
+    runtime_notes: RuntimeNotes | None = None
+    labels_file: str | None = Field(default=None, description="Class names, one per line; shipped as labels.txt.")
 
     @model_validator(mode="after")
     def _inputs_where_needed(self) -> Recipe:

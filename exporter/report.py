@@ -61,7 +61,8 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
             "",
             f"Target `{prof['target']}` ({prof['execution_provider']}); threads {prof['threads']['profile']} "
             f"on device, {prof['threads']['host']} on host. Deliverable: **{prof['deliverable']}** — {status}. "
-            f"Package: {prof['package']['note']}.",
+            f"Package: `{prof['package']['model']}` ({prof['package']['format']}) with `runtime.json` and a reference "
+            f"check (`{prof['package']['reference']}`).",
             "",
             "| variant | precision | size MB | p50 ms | p90 ms | p99 ms | memory MB | "
             + metric
@@ -82,6 +83,43 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
                 f"| {verdict['budget']} | {_fmt(verdict['limit'])} | {_fmt(verdict['value'])} | {ok} | "
                 f"{verdict['basis']} |"
             )
+        lines += [
+            "",
+            "Preflight (operator coverage on the target's accelerator, estimated from op types and shapes) "
+            "and package:",
+            "",
+            "| variant | nodes | on accelerator | partitions (nodes each) | CPU fallback | fallback MACs | "
+            "package | package vs .onnx |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for v in prof["variants"]:
+            pf, pkg = v["preflight"], v["package"]
+            fallback = ", ".join(f"{op}×{n}" for op, n in pf["unsupported_ops"].items()) or "none"
+            parity = pkg.get("parity")
+            vs = "same file"
+            if parity:
+                vs = (
+                    f"argmax {parity['argmax_agreement']:.1%}, max diff {parity['max_abs_diff']:.2g}; load "
+                    f"{parity['load_seconds']['package'] * 1e3:.0f} vs {parity['load_seconds']['onnx'] * 1e3:.0f} ms; "
+                    f"p50 {parity['latency_p50_ms']['package']:.3f} vs {parity['latency_p50_ms']['onnx']:.3f} ms"
+                )
+            lines.append(
+                f"| {v['name']} | {pf['nodes']} | {pf['supported_nodes']} | {pf['partitions']} "
+                f"({', '.join(map(str, pf['partition_map'])) or '-'}) | {fallback} | "
+                f"{pf['cpu_fallback_macs_share']:.1%} | `{Path(pkg['path']).name}` | {vs} |"
+            )
+        for v in prof["variants"]:
+            for op, advice in v["preflight"].get("advice", {}).items():
+                lines.append(f"- `{v['name']}`: {op} stays on the CPU — {advice}.")
+            fused = v["produced_by"].get("fused_ops")
+            if fused is not None:
+                lines.append(
+                    f"- `{v['name']}` transformer fusions (onnxruntime.transformers): "
+                    + (", ".join(f"{op}×{n}" for op, n in fused.items()) or "none")
+                    + "."
+                )
+            elif v["produced_by"].get("fusion"):
+                lines.append(f"- `{v['name']}` fusions {v['produced_by']['fusion']}.")
         mode = prof["variants"][0]["metric"]["evaluated"]
         lines += [
             "",

@@ -49,6 +49,16 @@ class QuantPreset(Strict):
     )
 
 
+class OpSupport(Strict):
+    """Where the operator table for preflight comes from (null: every op, i.e. the CPU provider)."""
+
+    table: str | None = Field(
+        default=None, description="'onnxruntime:<file>' (shipped with onnxruntime) or a path under targets/."
+    )
+    require_fixed_input_sizes: bool = False
+    max_rank: int = Field(default=999, ge=1)
+
+
 class Target(Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -62,6 +72,13 @@ class Target(Strict):
         default=False, description="Runtime executes onnxruntime's com.microsoft ops (fused Attention, Gelu...)."
     )
     quantization: QuantPreset
+    op_support: OpSupport = Field(default_factory=OpSupport)
+    provider_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Options an app passes to the execution provider (runtime.json)."
+    )
+    ort_optimization_style: Literal["runtime", "fixed"] = Field(
+        default="runtime", description="ORT-format conversion style; 'runtime' lets the device EP claim nodes."
+    )
     notes: str = ""
     source: str = Field(description="Where the runtime's requirements are documented.")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from exporter.profiles import Budgets
+from exporter.profiles import Budgets, PreflightLimits
 
 HOST = "host measurement (onnxruntime CPU on the build machine)"
 
@@ -36,6 +36,25 @@ def _upper(budget: str, limit: float | None, value: float | None, unit: str, bas
     if value is None:
         return Verdict(budget, limit, None, None, unit, "not evaluated: " + basis)
     return Verdict(budget, limit, value, value <= limit, unit, basis, limit - value)
+
+
+def judge_preflight(limits: PreflightLimits, preflight: dict) -> list[Verdict]:
+    """Operator-coverage gates of the profile (only those it sets)."""
+    basis = f"preflight estimate ({preflight['checker']})"
+    found = []
+    if limits.max_partitions is not None:
+        found.append(
+            _upper(
+                "accelerator_partitions",
+                float(limits.max_partitions),
+                float(preflight["partitions"]),
+                "partitions",
+                basis,
+            )
+        )
+    if not limits.allow_cpu_fallback:
+        found.append(_upper("cpu_fallback_nodes", 0.0, float(preflight["cpu_fallback_nodes"]), "nodes", basis))
+    return [v for v in found if v is not None]
 
 
 def judge(

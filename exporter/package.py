@@ -1,0 +1,200 @@
+"""Package stage: what an app loads on the device, per target.
+
+Mobile runtimes (NNAPI, CoreML, XNNPACK) get the ORT format (.ort, onnxruntime's converter) with
+its required-operators config for a reduced onnxruntime build; QNN, TensorRT and the CPU get the
+(fixed-shape, QDQ) .onnx itself. Beside it: runtime.json (everything an app needs to create the
+session) and a reference bundle (inputs, expected outputs and a script that checks them on the
+device with onnxruntime).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter.runtime import make_session, run_all
+from exporter.targets import Target
+
+REFERENCE_SAMPLES = 8
+CHECK_SCRIPT = '''"""Check an edgex package on the device: run the reference inputs, compare with the expected outputs.
+
+Usage: python check_reference.py [EXECUTION_PROVIDER ...]   (default: the provider in runtime.json, then CPU)
+Needs only numpy and onnxruntime. Exit code 0 = PASS, 1 = FAIL.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+here = Path(__file__).resolve().parent
+runtime = json.loads((here.parent / "runtime.json").read_text())
+check = runtime["reference_check"]
+wanted = sys.argv[1:] or [runtime["execution_provider"], "CPUExecutionProvider"]
+providers = [p for p in wanted if p in ort.get_available_providers()] or ["CPUExecutionProvider"]
+session = ort.InferenceSession(str(here.parent / runtime["model"]), providers=providers)
+data = np.load(here / "reference_io.npz")
+names = [i["name"] for i in runtime["inputs"]]
+outputs = [o["name"] for o in runtime["outputs"]]
+worst, agree, ok = 0.0, 0, True
+count = data["input:" + names[0]].shape[0]
+for k in range(count):
+    feed = {n: data["input:" + n][k : k + 1] for n in names}
+    got = session.run(outputs, feed)
+    for name, value in zip(outputs, got):
+        want = data["output:" + name][k : k + 1]
+        diff = np.abs(value.astype(np.float64) - want.astype(np.float64))
+        worst = max(worst, float(diff.max()))
+        ok &= bool(np.all(diff <= check["atol"] + check["rtol"] * np.abs(want)))
+    first = got[0].reshape(len(got[0]), -1)
+    agree += int(first.argmax(-1)[0] == data["output:" + outputs[0]][k : k + 1].reshape(1, -1).argmax(-1)[0])
+print(f"{'PASS' if ok else 'FAIL'}: {count} reference samples on {session.get_providers()[0]}, "
+      f"max abs diff {worst:.3g} (atol {check['atol']:.3g}, rtol {check['rtol']}), argmax agreement {agree}/{count}")
+sys.exit(0 if ok else 1)
+'''
+
+
+def _clean_config(path: Path) -> None:
+    """The converter's header names temporary paths; keep the file the same on every build."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if not line.startswith("# - ")]
+    path.write_text("\n".join(re.sub(r"/\S*/", "", line) for line in kept) + "\n", encoding="utf-8")
+
+
+def to_ort(onnx_path: Path, dest: Path, style: str) -> tuple[Path, Path, bool]:
+    """Convert with onnxruntime's converter; returns (.ort, required_operators.config, reproducible).
+
+    The converter's output depends on the absolute path it works in (measured: same model, two
+    folders, two different .ort files), so it always works in the same place: a folder named after
+    the model's digest under the system temp dir, serialised by a lock.
+    """
+    import fcntl
+    import hashlib
+
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    work = Path(tempfile.gettempdir()) / "edgex-ort" / f"{digest}-{style}"
+    work.mkdir(parents=True, exist_ok=True)
+    stem = onnx_path.stem
+    ort_path, config_path = dest / f"{stem}.ort", dest / f"{stem}.required_operators.config"
+    with open(work.parent / f"{work.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for stale in (work / "model.onnx", work / "out"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            shutil.copyfile(onnx_path, work / "model.onnx")
+            # onnxruntime's converter lays out the flatbuffer in an order that follows memory addresses
+            # (measured: the same model gives a different .ort on every run). A fresh interpreter with
+            # address-space randomisation off, a fixed folder, arguments and environment makes it repeat.
+            command = [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                "--optimization_style",
+                "Runtime" if style == "runtime" else "Fixed",
+                "--enable_type_reduction",
+                "--output_dir",
+                "out",
+                "model.onnx",
+            ]
+            setarch = shutil.which("setarch")
+            if setarch:
+                command = [setarch, platform.machine(), "-R", *command]
+            env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "LANG": "C.UTF-8", "HOME": str(work)}
+            proc = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"ORT-format conversion of {onnx_path.name} failed: {tail}")
+            shutil.copyfile(next((work / "out").glob("*.ort")), ort_path)
+            shutil.copyfile(next((work / "out").glob("*.config")), config_path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    _clean_config(config_path)
+    return ort_path, config_path, bool(setarch)
+
+
+def _load_seconds(path: Path, threads: int, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        make_session(path, threads)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def package_parity(onnx_path: Path, package_path: Path, inputs: dict[str, np.ndarray], threads: int, settings) -> dict:
+    """The package against the .onnx it came from: outputs, argmax agreement, load time and latency."""
+    from exporter.measure import time_interleaved
+
+    want = run_all(make_session(onnx_path, threads), inputs)[0]
+    got = run_all(make_session(package_path, threads), inputs)[0]
+    flat_w, flat_g = want.reshape(len(want), -1), got.reshape(len(got), -1)
+    feed = {k: v[:1] for k, v in inputs.items()}
+    lat = time_interleaved({"onnx": onnx_path, "package": package_path}, feed, threads, settings)
+    return {
+        "samples": len(want),
+        "max_abs_diff": float(np.abs(flat_w.astype(np.float64) - flat_g).max()),
+        "argmax_agreement": float(np.mean(flat_w.argmax(-1) == flat_g.argmax(-1))),
+        "load_seconds": {
+            "onnx": round(_load_seconds(onnx_path, threads), 4),
+            "package": round(_load_seconds(package_path, threads), 4),
+        },
+        "latency_p50_ms": {"onnx": round(lat["onnx"].p50, 4), "package": round(lat["package"].p50, 4)},
+    }
+
+
+def reference_bundle(folder: Path, package_path: Path, inputs: dict[str, np.ndarray], threads: int) -> dict:
+    """A few evaluation inputs and the package's outputs on this host, plus the device check script."""
+    ref = folder / "reference"
+    ref.mkdir()
+    subset = {k: v[:REFERENCE_SAMPLES] for k, v in inputs.items()}
+    session = make_session(package_path, threads)
+    outputs = run_all(session, subset)
+    arrays = {f"input:{k}": v for k, v in subset.items()}
+    arrays.update({f"output:{o.name}": v for o, v in zip(session.get_outputs(), outputs)})
+    np.savez(ref / "reference_io.npz", **arrays)
+    (ref / "check_reference.py").write_text(CHECK_SCRIPT, encoding="utf-8")
+    scale = max(float(np.abs(outputs[0]).max()), 1e-6)
+    # Device kernels differ from the host's (fused int8, FP16 accumulation on NPUs): the check is
+    # meant to catch a broken deployment, not to demand bit-exact outputs.
+    return {"samples": len(next(iter(subset.values()))), "atol": round(0.02 * scale, 6), "rtol": 0.05}
+
+
+def runtime_json(profile, target: Target, model_file: str, session, notes: dict, files: dict, check: dict) -> dict:
+    def describe(values) -> list[dict]:
+        return [
+            {"name": v.name, "shape": v.shape, "dtype": v.type.removeprefix("tensor(").removesuffix(")")}
+            for v in values
+        ]
+
+    return {
+        "schema_version": 1,
+        "profile": profile.id,
+        "target": target.id,
+        "model": model_file,
+        "format": Path(model_file).suffix.lstrip("."),
+        "execution_provider": target.execution_provider,
+        "provider_options": dict(sorted(target.provider_options.items())),
+        "session_options": {
+            "intra_op_num_threads": profile.threads,
+            "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL",
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+        },
+        "inputs": describe(session.get_inputs()),
+        "outputs": describe(session.get_outputs()),
+        "preprocessing": notes.get("preprocessing", ""),
+        "postprocessing": notes.get("postprocessing", ""),
+        "files": files,
+        "reference_check": {"script": "reference/check_reference.py", **check},
+    }
