@@ -73,8 +73,18 @@ def tiny_build(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory):
-    """The bundled demo recipe, as `make demo` runs it (three profiles, default bench settings)."""
+    """The bundled demo recipe with default bench settings, for its three profiles and three more runtimes."""
     out = tmp_path_factory.mktemp("digits") / "out"
-    proc = run_cli("build", str(ROOT / "examples" / "digits.yaml"), "--out", str(out))
+    # The recipe's own phone, car chip and board, plus one profile for each other runtime, in one build.
+    ids = [
+        "snapdragon-8-gen3-qnn",
+        "sa8295p-qnn",
+        "raspberry-pi-5-cpu",
+        "snapdragon-7s-gen2-nnapi",
+        "apple-a17-pro-coreml",
+        "jetson-orin-nano-tensorrt",
+    ]
+    args = [a for i in ids for a in ("--profile", i)]
+    proc = run_cli("build", str(ROOT / "examples" / "digits.yaml"), *args, "--out", str(out))
     manifest = out / "manifest.json"
     return {"proc": proc, "out": out, "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None}
