@@ -107,6 +107,13 @@ def _summary(manifest: dict) -> str:
             f"({deliv['artifact']['bytes'] / base['artifact']['bytes']:.0%} of FP32), {speed:.2f}x vs FP32, "
             f"{deliv['metric']['name']} {deliv['metric']['value']:.4f} (FP32 {base['metric']['value']:.4f}) — {status}"
         )
+        est = deliv.get("device_estimate") or {}
+        if est.get("available"):
+            lines.append(
+                f"{'':<28} device estimate (not measured): {est['device_latency_ms']:.3g} ms, "
+                f"{est['energy_mj']:.3g} mJ per inference"
+                + (f", {est['average_power_w']:.3g} W at {est['rate_hz']:g} Hz" if "average_power_w" in est else "")
+            )
         if prof["not_evaluated"]:
             lines.append(f"{'':<28} not evaluated: {', '.join(prof['not_evaluated'])}")
     return "\n".join(lines)
@@ -118,10 +125,13 @@ def _summary(manifest: dict) -> str:
     "--profile", "profiles", multiple=True, help="Build for this profile id (repeatable; replaces the recipe's list)."
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the recipe's `output`).")
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
 @JSON_OPT
 @click.pass_context
 @command
-def build(ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path | None, as_json: bool) -> int:
+def build(
+    ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path | None, junit: Path | None, as_json: bool
+) -> int:
     """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
 
     \b
@@ -131,6 +141,10 @@ def build(ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path
     from exporter.pipeline import build as run_build
 
     manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
+    if junit is not None:
+        from exporter.junit import from_manifest, write_junit
+
+        write_junit(junit, from_manifest(manifest))
     _emit(manifest, as_json, _summary)
     return 0 if manifest["ok"] else EXIT_GATE
 
@@ -278,10 +292,21 @@ def targets_show(target_id: str, as_json: bool) -> int:
 @click.option("--profile", "profile_id", required=True, help="Profile whose threads and budgets apply.")
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Minimum timed runs.")
 @click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
+@click.option("--mlperf", is_flag=True, help="MLPerf minimums: at least 1024 queries and 60 s.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
 @JSON_OPT
 @click.pass_context
 @command
-def bench(ctx: click.Context, model: Path, profile_id: str, runs: int, seconds: float, as_json: bool) -> int:
+def bench(
+    ctx: click.Context,
+    model: Path,
+    profile_id: str,
+    runs: int,
+    seconds: float,
+    mlperf: bool,
+    junit: Path | None,
+    as_json: bool,
+) -> int:
     """Benchmark any ONNX MODEL with a profile's threads, against its budgets (exit 1 on a miss).
 
     \b
@@ -292,9 +317,14 @@ def bench(ctx: click.Context, model: Path, profile_id: str, runs: int, seconds: 
     from exporter.recipe import BenchSection
 
     prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
-    result = bench_file(
-        model, prof, BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2))
-    )
+    if mlperf:
+        runs, seconds = max(runs, 1024), max(seconds, 60.0)
+    settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
+    result = bench_file(model, prof, settings)
+    if junit is not None:
+        from exporter.junit import write_junit
+
+        write_junit(junit, [(f"{prof.id}/{model.name}", result["verdicts"])])
 
     def text(r: dict) -> str:
         lat = r["latency_ms"]
@@ -310,6 +340,51 @@ def bench(ctx: click.Context, model: Path, profile_id: str, runs: int, seconds: 
 
     _emit(result, as_json, text)
     return 0 if result["ok"] else EXIT_GATE
+
+
+@cli.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 50),
+    default=5,
+    show_default=True,
+    help="Interleaved A/A and A/B timing rounds that calibrate the latency threshold.",
+)
+@click.option(
+    "--floor",
+    type=click.FloatRange(0),
+    default=0.05,
+    show_default=True,
+    help="Smallest latency slow-down (fraction) ever flagged.",
+)
+@JSON_OPT
+@command
+def compare(old: Path, new: Path, rounds: int, floor: float, as_json: bool) -> int:
+    """Compare two releases (folders or manifest.json); exit 1 on a regression beyond noise.
+
+    \b
+    Example: edgex compare release-1.2/ build/digits/ --json
+    """
+    from exporter.compare import compare as run_compare
+
+    result = run_compare(old, new, rounds, floor)
+
+    def text(r: dict) -> str:
+        lines = []
+        for f in r["compared"]:
+            for c in f["checks"]:
+                flag = "REGRESSION" if c["regression"] else "ok"
+                lines.append(
+                    f"{f['profile']:<28} {f['variant']:<8} {c['check']:<22} {c['change']:+.2%} "
+                    f"(threshold {c['threshold']:.2%}) {flag}"
+                )
+        lines += [f"missing in new: {p}" for p in r["missing_in_new"]]
+        return "\n".join(lines) or "nothing in common to compare"
+
+    _emit(result, as_json, text)
+    return EXIT_GATE if result["regression"] else 0
 
 
 @cli.command()

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from exporter import log
+from exporter.bench.estimate import estimate
+from exporter.bench.latency import bootstrap_interval
 from exporter.bench.verdicts import judge, judge_preflight, overall
 from exporter.data import Dataset, load_dataset
 from exporter.errors import UsageError
@@ -222,15 +224,28 @@ def _variant_record(
     value = float(ctx.metric_fn(meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]))
     drop = accuracy_drop(ctx.baseline_metric, value, ctx.higher_is_better)
     pct = profile.budgets.latency.percentile
+    lat = meas.latency
+    interval = bootstrap_interval(lat.samples, pct)
+    rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
+    target = get_target(profile.target)
+    compute = target.float_compute if precision == "fp32" else precision
+    device = estimate(path, compute, lat.p50, threads, profile.estimates, rate)
     verdicts = judge(
         profile.budgets,
-        latency_ms=meas.latency.percentile(pct),
+        latency_ms=lat.percentile(pct),
         peak_memory_mb=meas.memory["session_mb"],
         size_mb=stats["bytes"] / 1e6,
         accuracy_drop=drop,
         max_accuracy_drop=max_drop,
+        estimate=device,
+        latency_interval=interval,
     )
-    lat = meas.latency
+    half = (interval[1] - interval[0]) / 2
+    if verdicts and verdicts[0].decided is False:
+        log.info(
+            f"[{profile.id}] {name}: the p{pct:g} interval [{interval[0]:.3f}, {interval[1]:.3f}] ms contains "
+            f"the {verdicts[0].limit:g} ms budget; the verdict could flip on a rerun (raise bench.min_runs)"
+        )
     return {
         "name": name,
         "artifact": {"path": rel, "sha256": sha256_file(path), "bytes": stats["bytes"], "precision": precision},
@@ -244,7 +259,11 @@ def _variant_record(
             "runs": lat.runs,
             "threads": threads,
             "basis": "host measurement",
+            "budget_percentile": pct,
+            "interval95": [round(interval[0], 4), round(interval[1], 4)],
+            "interval95_half_width_pct": round(100 * half / lat.percentile(pct), 3) if lat.percentile(pct) else None,
         },
+        "device_estimate": device,
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
         "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},

@@ -66,6 +66,21 @@ class PreflightLimits(Strict):
     allow_cpu_fallback: bool = Field(default=True, description="False: every node must run on the accelerator.")
 
 
+class Estimates(Strict):
+    """Constants of the device-side estimate (roofline latency, energy, power), each with its source.
+
+    compute_gmacs: sustained multiply-accumulates per second (G) of the unit the target runs on, per
+    precision, with the profile's threads; pj_per_mac and pj_per_dram_byte: energy per operation;
+    static_power_w: power drawn while the unit is busy regardless of work.
+    """
+
+    compute_gmacs: dict[Literal["fp32", "fp16", "int8"], Fact]
+    dram_gbps: Fact
+    pj_per_mac: dict[Literal["fp32", "fp16", "int8"], Fact]
+    pj_per_dram_byte: Fact
+    static_power_w: Fact
+
+
 class DeviceProfile(Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -76,6 +91,7 @@ class DeviceProfile(Strict):
     soc: dict[str, Fact] = Field(description="SoC facts, each with its source.")
     budgets: Budgets
     preflight: PreflightLimits = Field(default_factory=PreflightLimits)
+    estimates: Estimates | None = Field(default=None, description="Constants for device latency/energy estimates.")
     notes: str = ""
 
 

@@ -76,6 +76,24 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
                 f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {v['memory_mb']:.1f} | "
                 f"{v['metric']['value']:.4f} | {v['metric']['drop']:+.4f} | {v['macs']:,} | {_fmt(v['ok'])} |"
             )
+        lines += [
+            "",
+            "Device estimates (not measurements; model and constants in the manifest's `device_estimate`):",
+            "",
+            "| variant | est. latency ms | est. energy mJ | est. avg power W | host efficiency | p-interval (95%) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in prof["variants"]:
+            est, lat = v.get("device_estimate") or {}, v["latency_ms"]
+            interval = f"p{lat['budget_percentile']:g} in [{lat['interval95'][0]:.3f}, {lat['interval95'][1]:.3f}] ms"
+            if est.get("available"):
+                power = f"{est['average_power_w']:.3g}" if "average_power_w" in est else "—"
+                lines.append(
+                    f"| {v['name']} | {est['device_latency_ms']:.3g} | {est['energy_mj']:.3g} | {power} | "
+                    f"{est['efficiency']:.2f} | {interval} |"
+                )
+            else:
+                lines.append(f"| {v['name']} | — | — | — | {est.get('reason', 'not available')} | {interval} |")
         lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
         for verdict in prof["verdicts"]:
             ok = {True: "pass", False: "**FAIL**", None: "not evaluated"}[verdict["ok"]]

@@ -38,7 +38,7 @@ def test_verdicts_null_is_not_a_pass():
     by = {v.budget: v for v in vs}
     assert by["latency_p90_ms"].ok is False and by["latency_p90_ms"].margin == pytest.approx(-2.0)
     assert by["model_size_mb"].ok is True
-    assert by["energy_mj"].ok is None and by["energy_mj"].value is None
+    assert by["energy_mj"].ok is None and by["energy_mj"].value is None  # no estimate given: not evaluated
     assert "peak_memory_mb" not in by  # no memory budget in this profile
     assert overall(vs) is False
     assert overall([v for v in vs if v.budget != "latency_p90_ms"]) is True

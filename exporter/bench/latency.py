@@ -49,3 +49,15 @@ def summarize(samples_ms: np.ndarray, seconds: float) -> LatencyStats:
         min=float(samples_ms.min()),
         samples=samples_ms,
     )
+
+
+def bootstrap_interval(samples: np.ndarray, q: float, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the q-th percentile (seeded, so the same samples give the same interval)."""
+    if samples.size < 2:
+        value = float(samples[0]) if samples.size else float("nan")
+        return value, value
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, samples.size, size=(resamples, samples.size))
+    stats = np.percentile(samples[draws], q, axis=1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)

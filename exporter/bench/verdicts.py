@@ -5,11 +5,12 @@ A budget the build cannot evaluate (no energy model yet) is `ok: null`, never pa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from exporter.profiles import Budgets, PreflightLimits
 
 HOST = "host measurement (onnxruntime CPU on the build machine)"
+ESTIMATE = "device estimate (roofline + energy model with the profile's constants), not a measurement"
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class Verdict:
     unit: str
     basis: str
     margin: float | None = None  # limit - value in the budget's unit; negative means missed
+    interval: tuple[float, float] | None = None  # 95% bootstrap interval of the value (latency)
+    decided: bool | None = None  # False: the limit lies inside the interval, the verdict is noise-sensitive
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -65,10 +68,22 @@ def judge(
     size_mb: float,
     accuracy_drop: float | None,
     max_accuracy_drop: float,
+    estimate: dict | None = None,
+    latency_interval: tuple[float, float] | None = None,
 ) -> list[Verdict]:
-    """Verdicts in a fixed order; budgets absent from the profile are omitted."""
+    """Verdicts in a fixed order; budgets absent from the profile are omitted.
+
+    Energy and power are judged on the device estimate (labelled so) when one is available.
+    """
     pct = budgets.latency.percentile
     label = f"latency_p{pct:g}_ms"
+    est = estimate if estimate and estimate.get("available") else None
+    why = (estimate or {}).get("reason", "no estimate")
+    energy = est["energy_mj"] if est else None
+    power = est.get("average_power_w") if est else None
+    power_basis = ESTIMATE
+    if est and est.get("sustains_rate") is False:
+        power_basis = f"{ESTIMATE}; the estimated latency cannot sustain {est['rate_hz']:g} Hz"
     found = [
         _upper(label, budgets.latency.max_ms, latency_ms, "ms", HOST),
         _upper("peak_memory_mb", budgets.peak_memory_mb, peak_memory_mb, "MB", HOST),
@@ -80,16 +95,24 @@ def judge(
             "metric units",
             "evaluation set vs FP32 baseline" if accuracy_drop is not None else "no evaluation data",
         ),
-        _upper("energy_mj", budgets.energy_mj, None, "mJ", "no energy model in this version"),
+        _upper("energy_mj", budgets.energy_mj, energy, "mJ", ESTIMATE if est else why),
         _upper(
             "average_power_w",
             budgets.average_power.max_w if budgets.average_power else None,
-            None,
+            power,
             "W",
-            "no power model in this version",
+            power_basis if est else why,
         ),
     ]
-    return [v for v in found if v is not None]
+    verdicts = [v for v in found if v is not None]
+    if est and est.get("sustains_rate") is False:
+        verdicts = [replace(v, ok=False) if v.budget == "average_power_w" else v for v in verdicts]
+    if latency_interval is not None and verdicts and verdicts[0].value is not None:
+        lo, hi = latency_interval
+        limit = verdicts[0].limit
+        decided = not (lo <= limit <= hi)
+        verdicts[0] = replace(verdicts[0], interval=(round(lo, 6), round(hi, 6)), decided=decided)
+    return verdicts
 
 
 def overall(verdicts: list[Verdict]) -> bool:

@@ -1,0 +1,151 @@
+"""Device estimates — always labelled as estimates — of latency, energy per inference and average power.
+
+Model (every constant comes from the profile's `estimates:` section, each with its source):
+
+  work       MACs of the graph (Conv/Gemm/MatMul and quantized forms) and bytes moved: initializers
+             once plus every activation written once and read once (2x its size).
+  roofline   t(unit) = max(MACs / compute_gmacs[precision], bytes / dram_gbps).
+  efficiency e = t_roofline(host) / t_measured(host), from this build's own host measurement of the
+             same model against the host's measured ceilings (MatMul GMAC/s, copy bandwidth), so
+             overheads the roofline ignores (small kernels, Q/DQ, dispatch) carry over to the device.
+  latency    t(device) = t_roofline(device) / e.
+  energy     E = MACs x pj_per_mac[precision] + bytes x pj_per_dram_byte + static_power_w x t(device).
+  power      P(rate) = static_power_w + (E - static part) x rate: the unit idles at static power between
+             queries; a rate the device latency cannot sustain is reported as such.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporter.graph_stats import count_macs
+
+METHOD = "estimate: roofline (compute, DRAM) scaled by host efficiency + per-op energy (see exporter/bench/estimate.py)"
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.BOOL: 1,
+    onnx.TensorProto.UINT16: 2,
+    onnx.TensorProto.INT16: 2,
+}
+
+
+def traffic_bytes(model: onnx.ModelProto) -> int:
+    """Initializers read once, every activation written once and read once."""
+    weights = sum(int(np.prod(i.dims)) * _ITEMSIZE.get(i.data_type, 4) for i in model.graph.initializer)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    acts = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim]
+        acts += int(np.prod(dims)) * _ITEMSIZE.get(t.elem_type, 4)
+    return weights + 2 * acts
+
+
+@lru_cache(maxsize=8)
+def host_ceilings(threads: int) -> dict[str, float]:
+    """The host's own ceilings, measured: fp32 MatMul and u8s8 MatMulInteger GMAC/s in onnxruntime, copy GB/s."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    m, k, n = 256, 1024, 1024
+
+    def gmacs(op: str, a_type: int, b: np.ndarray, a: np.ndarray) -> float:
+        out_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["y"])],
+            "ceiling",
+            [helper.make_tensor_value_info("a", a_type, [m, k])],
+            [helper.make_tensor_value_info("y", out_type, [m, n])],
+            [onnx.numpy_helper.from_array(b, "b")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            sess.run(None, {"a": a})
+        best = float("inf")
+        for _ in range(10):
+            t0 = time.perf_counter()
+            sess.run(None, {"a": a})
+            best = min(best, time.perf_counter() - t0)
+        return m * k * n / best / 1e9
+
+    rng = np.random.default_rng(0)
+    fp32 = gmacs(
+        "MatMul",
+        TensorProto.FLOAT,
+        rng.standard_normal((k, n)).astype(np.float32),
+        rng.standard_normal((m, k)).astype(np.float32),
+    )
+    int8 = gmacs(
+        "MatMulInteger",
+        TensorProto.UINT8,
+        rng.integers(-128, 127, (k, n)).astype(np.int8),
+        rng.integers(0, 255, (m, k)).astype(np.uint8),
+    )
+    src = np.ones(32 * 2**20, dtype=np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return {"fp32": fp32, "fp16": fp32, "int8": int8, "dram_gbps": 2 * src.nbytes / best / 1e9}
+
+
+def estimate(
+    path: Path, precision: str, host_latency_ms: float, threads: int, estimates, rate_hz: float | None
+) -> dict:
+    """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done."""
+    if estimates is None:
+        return {"available": False, "reason": "the profile has no `estimates:` constants"}
+    if precision not in estimates.compute_gmacs or precision not in estimates.pj_per_mac:
+        return {"available": False, "reason": f"no {precision} compute constant for this device's unit"}
+    model = onnx.load(str(path))
+    macs, moved = count_macs(model), traffic_bytes(model)
+    host = host_ceilings(threads)
+    host_roofline_ms = max(macs / (host[precision] * 1e9), moved / (host["dram_gbps"] * 1e9)) * 1e3
+    efficiency = min(1.0, host_roofline_ms / host_latency_ms) if host_latency_ms > 0 else 1.0
+    dev_compute = estimates.compute_gmacs[precision].value
+    dev_bw = estimates.dram_gbps.value
+    dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3
+    latency_ms = dev_roofline_ms / efficiency if efficiency > 0 else float("inf")
+    dynamic_mj = (macs * estimates.pj_per_mac[precision].value + moved * estimates.pj_per_dram_byte.value) * 1e-9
+    static_w = estimates.static_power_w.value
+    energy_mj = dynamic_mj + static_w * latency_ms  # W x ms = mJ
+    out = {
+        "available": True,
+        "method": METHOD,
+        "macs": macs,
+        "bytes_moved": moved,
+        "host_ceilings": {k: round(v, 2) for k, v in host.items()},
+        "host_roofline_ms": round(host_roofline_ms, 6),
+        "efficiency": round(efficiency, 6),
+        "device_roofline_ms": round(dev_roofline_ms, 6),
+        "device_latency_ms": round(latency_ms, 6),
+        "energy_mj": round(energy_mj, 6),
+        "dynamic_energy_mj": round(dynamic_mj, 6),
+        "constants": {
+            "compute_gmacs": dev_compute,
+            "dram_gbps": dev_bw,
+            "pj_per_mac": estimates.pj_per_mac[precision].value,
+            "pj_per_dram_byte": estimates.pj_per_dram_byte.value,
+            "static_power_w": static_w,
+        },
+    }
+    if rate_hz:
+        out["rate_hz"] = rate_hz
+        out["sustains_rate"] = latency_ms * rate_hz <= 1000.0
+        out["average_power_w"] = round(static_w + dynamic_mj * 1e-3 * rate_hz, 6)
+    return out

@@ -1,0 +1,134 @@
+"""`edgex compare OLD NEW`: flag real regressions between two releases, ignore noise.
+
+Size and quality are deterministic, so any worsening beyond a tiny tolerance is a regression.
+Latency is not: within-run intervals understate run-to-run noise on shared machines (the same
+model's 2-thread p50 ranged 17.8-30.7 ms across runs here). So the latency threshold is
+calibrated on repeated runs: when both releases' files are present, the old model is timed
+against itself (A/A) and against the new one (A/B) in interleaved rounds on this machine; a
+regression is a median A/B slow-down beyond twice the A/A spread (at least `floor`). Without the
+files, the recorded p50s are compared against a documented default (`floor`, doubled for
+multi-thread runs) and the output says the threshold was not calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import UsageError
+from exporter.recipe import BenchSection
+from exporter.runtime import host_threads
+
+SIZE_TOLERANCE = 0.01  # 1% larger file
+METRIC_TOLERANCE = 1e-4  # metric units (evaluation is deterministic)
+
+
+def _load(path: Path) -> tuple[dict, Path]:
+    path = path / "manifest.json" if path.is_dir() else path
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(
+            "manifest not found", path=path, field="(file)", fix="give an edgex release folder or its manifest.json"
+        ) from None
+    except ValueError:
+        raise UsageError("not a JSON manifest", path=path, field="(file)", fix="give an edgex manifest.json") from None
+    if "schema_version" not in manifest or "profiles" not in manifest:
+        raise UsageError("not an edgex manifest", path=path, field="schema_version", fix="give an edgex manifest.json")
+    return manifest, path.parent
+
+
+def _calibrated_ratio(old: Path, new: Path, threads: int, rounds: int, floor: float) -> dict:
+    from exporter.bench_file import synthetic_feed
+    from exporter.measure import time_interleaved
+
+    feed = synthetic_feed(old)
+    settings = BenchSection(warmup_runs=5, min_runs=30, min_seconds=0.3, max_seconds=5.0)
+    aa, ab = [], []
+    for _ in range(rounds):
+        stats = time_interleaved({"a": old, "a2": old, "b": new}, feed, threads, settings, rounds=1)
+        aa.append(stats["a2"].p50 / stats["a"].p50)
+        ab.append(stats["b"].p50 / stats["a"].p50)
+    spread = float(np.max(np.abs(np.log(aa))))
+    threshold = max(floor, float(np.expm1(2 * spread)))
+    return {
+        "ratio": float(np.median(ab)),
+        "threshold": threshold,
+        "aa_ratios": [round(x, 4) for x in aa],
+        "ab_ratios": [round(x, 4) for x in ab],
+        "calibrated": True,
+    }
+
+
+def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.05) -> dict:
+    old, old_root = _load(old_path)
+    new, new_root = _load(new_path)
+    old_profiles = {p["id"]: p for p in old["profiles"]}
+    findings = []
+    for prof in new["profiles"]:
+        before = old_profiles.get(prof["id"])
+        if before is None:
+            continue
+        old_variants = {v["name"]: v for v in before["variants"]}
+        for v in prof["variants"]:
+            was = old_variants.get(v["name"])
+            if was is None:
+                continue
+            checks = []
+            size_ratio = v["artifact"]["bytes"] / was["artifact"]["bytes"] - 1
+            checks.append(
+                {
+                    "check": "size",
+                    "change": round(size_ratio, 6),
+                    "threshold": SIZE_TOLERANCE,
+                    "regression": size_ratio > SIZE_TOLERANCE,
+                }
+            )
+            worse = v["metric"]["drop"] - was["metric"]["drop"]
+            checks.append(
+                {
+                    "check": f"metric ({v['metric']['name']} drop)",
+                    "change": round(worse, 6),
+                    "threshold": METRIC_TOLERANCE,
+                    "regression": worse > METRIC_TOLERANCE,
+                }
+            )
+            a, b = old_root / was["artifact"]["path"], new_root / v["artifact"]["path"]
+            threads = host_threads(v["latency_ms"].get("threads", 1))
+            if a.is_file() and b.is_file():
+                lat = _calibrated_ratio(a, b, threads, rounds, floor)
+            else:
+                default = floor * (2 if threads > 1 else 1)
+                lat = {
+                    "ratio": v["latency_ms"]["p50"] / was["latency_ms"]["p50"],
+                    "threshold": default,
+                    "calibrated": False,
+                }
+            change = lat["ratio"] - 1
+            checks.append(
+                {
+                    "check": "latency p50",
+                    "change": round(change, 6),
+                    "threshold": round(lat["threshold"], 6),
+                    "regression": change > lat["threshold"],
+                    "detail": lat,
+                }
+            )
+            findings.append(
+                {
+                    "profile": prof["id"],
+                    "variant": v["name"],
+                    "checks": checks,
+                    "regression": any(c["regression"] for c in checks),
+                }
+            )
+    missing = sorted(set(old_profiles) - {p["id"] for p in new["profiles"]})
+    return {
+        "old": str(old_path),
+        "new": str(new_path),
+        "compared": findings,
+        "missing_in_new": missing,
+        "regression": any(f["regression"] for f in findings) or bool(missing),
+    }
