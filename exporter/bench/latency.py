@@ -1,7 +1,7 @@
-"""Single-stream latency (MLPerf style): warm-up, then each query after the previous one.
+"""Latency statistics of a single-stream run (MLPerf style: each query after the previous one).
 
-The loop is kept bare (prebuilt feeds, perf_counter_ns, no per-run allocation beyond ORT's own)
-so the harness adds as little as possible to what it measures.
+The timing loop itself is `exporter.measure.time_interleaved`; this module turns its raw samples
+into percentiles and a seeded bootstrap interval of the percentile a budget names.
 """
 
 from __future__ import annotations
