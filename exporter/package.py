@@ -170,7 +170,38 @@ def reference_bundle(folder: Path, package_path: Path, inputs: dict[str, np.ndar
     return {"samples": len(next(iter(subset.values()))), "atol": round(0.02 * scale, 6), "rtol": 0.05}
 
 
-def runtime_json(profile, target: Target, model_file: str, session, notes: dict, files: dict, check: dict) -> dict:
+def shape_profile_options(session, shapes: dict[str, list[int]]) -> dict[str, str]:
+    """TensorRT optimisation-profile bounds for dynamic inputs: 1 up to the benchmarked shape.
+
+    Without them TensorRT would rebuild its engine for every new shape; widen
+    trt_profile_max_shapes in runtime.json for larger batches or sequences.
+    """
+    dynamic = [i for i in session.get_inputs() if any(not isinstance(d, int) for d in i.shape)]
+    if not dynamic:
+        return {}
+
+    def fmt(pick) -> str:
+        return ",".join(
+            f"{i.name}:" + "x".join(str(pick(d, full)) for d, full in zip(i.shape, shapes[i.name])) for i in dynamic
+        )
+
+    return {
+        "trt_profile_min_shapes": fmt(lambda d, full: d if isinstance(d, int) else 1),
+        "trt_profile_opt_shapes": fmt(lambda d, full: full),
+        "trt_profile_max_shapes": fmt(lambda d, full: full),
+    }
+
+
+def runtime_json(
+    profile,
+    target: Target,
+    model_file: str,
+    session,
+    notes: dict,
+    files: dict,
+    check: dict,
+    shapes: dict[str, list[int]],
+) -> dict:
     def describe(values) -> list[dict]:
         return [
             {"name": v.name, "shape": v.shape, "dtype": v.type.removeprefix("tensor(").removesuffix(")")}
@@ -184,7 +215,14 @@ def runtime_json(profile, target: Target, model_file: str, session, notes: dict,
         "model": model_file,
         "format": Path(model_file).suffix.lstrip("."),
         "execution_provider": target.execution_provider,
-        "provider_options": dict(sorted(target.provider_options.items())),
+        "provider_options": dict(
+            sorted(
+                {
+                    **target.provider_options,
+                    **(shape_profile_options(session, shapes) if target.shape_profiles else {}),
+                }.items()
+            )
+        ),
         "session_options": {
             "intra_op_num_threads": profile.threads,
             "inter_op_num_threads": 1,

@@ -375,7 +375,8 @@ def _ship(
     check = reference_bundle(folder, folder / model_file, ctx.evaluation.inputs, threads)
     session = make_session(folder / model_file, threads)
     notes = r.runtime_notes.model_dump() if r.runtime_notes else {}
-    runtime = runtime_json(profile, target, model_file, session, notes, files, check)
+    shapes = {i.name: list(i.shape) for i in ctx.inputs}
+    runtime = runtime_json(profile, target, model_file, session, notes, files, check, shapes)
     (folder / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return runtime
 

@@ -68,6 +68,9 @@ class Target(Strict):
     static_shapes: bool = Field(description="Runtime needs every dimension fixed (NPUs, NNAPI, CoreML).")
     package_format: Literal["onnx", "ort"]
     channel_multiple: int = Field(default=1, ge=1, description="Channel count the kernels prefer.")
+    shape_profiles: bool = Field(
+        default=False, description="Dynamic inputs get min/opt/max shape bounds in runtime.json (TensorRT)."
+    )
     float_compute: Literal["fp32", "fp16"] = Field(
         default="fp32", description="Precision the runtime computes float graphs in (device estimates)."
     )

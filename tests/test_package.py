@@ -206,3 +206,11 @@ def test_digits_packages_for_every_runtime(digits_build):
                 assert (out / v["package"]["required_operators"]).is_file()
         script = out / prof["id"] / "reference" / "check_reference.py"
         assert subprocess.run([sys.executable, str(script)], capture_output=True).returncode == 0
+
+
+def test_tensorrt_dynamic_shapes_are_bounded(packages):
+    runtime = json.loads((packages["out"] / "jetson-orin-nano-tensorrt" / "runtime.json").read_text())
+    options = runtime["provider_options"]
+    assert options["trt_profile_min_shapes"] == "image:1x3x16x16"
+    assert options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == "image:1x3x16x16"
+    assert options["trt_int8_enable"] is True
