@@ -83,6 +83,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path,
       edgex profiles list
       edgex bench model.onnx --profile sa8295p-qnn
       edgex inspect build/digits/sa8295p-qnn/int8.onnx
+      edgex verify build/digits
     """
     log.set_verbosity(0 if quiet else 1 + verbose)
     ctx.obj = {"profiles_dirs": profiles_dir}
@@ -385,6 +386,24 @@ def compare(old: Path, new: Path, rounds: int, floor: float, as_json: bool) -> i
 
     _emit(result, as_json, text)
     return EXIT_GATE if result["regression"] else 0
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@JSON_OPT
+@command
+def verify(folder: Path, as_json: bool) -> int:
+    """Re-hash every file of a release against its manifest; exit 1 on any changed, missing or extra file."""
+    from exporter.verify import verify as run_verify
+
+    result = run_verify(folder)
+
+    def text(r: dict) -> str:
+        head = f"{r['folder']}: {'OK' if r['ok'] else 'FAILED'} ({r['files']} files listed)"
+        return "\n".join([head] + [f"  {p['path']}: {p['problem']}" for p in r["problems"]])
+
+    _emit(result, as_json, text)
+    return 0 if result["ok"] else EXIT_GATE
 
 
 @cli.command()
