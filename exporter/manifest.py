@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
         "tool_versions": tool_versions(),
         "host": host_facts(),
         "seed": r.seed,
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
         "model": {"source": r.model.source, "weights_sha256": ctx.model.weights_sha256},
         "data": {
             "calibration": {"samples": len(ctx.calibration), "sha256": ctx.calibration.digest},

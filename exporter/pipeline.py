@@ -381,6 +381,37 @@ def _ship(
     return runtime
 
 
+def _stamp(
+    src: Path, dest: Path, ctx: Context, profile: DeviceProfile, target: Target, variant: str, produced_by: dict
+) -> None:
+    """Provenance inside each shipped model (metadata_props), so a file found on a device says where it came from."""
+    import os
+
+    import onnx
+
+    from exporter.onnx_io import save_model
+    from exporter.versions import tool_versions
+
+    versions = tool_versions()
+    facts = {
+        "edgex.version": versions["edgex"],
+        "edgex.recipe_sha256": ctx.loaded.sha256,
+        "edgex.profile": profile.id,
+        "edgex.target": target.id,
+        "edgex.execution_provider": target.execution_provider,
+        "edgex.variant": variant,
+        "edgex.seed": str(ctx.loaded.recipe.seed),
+        "edgex.onnxruntime": versions["onnxruntime"],
+        "edgex.onnx": versions["onnx"],
+        "edgex.torch": versions["torch"],
+    }
+    if "calibration_sha256" in produced_by:
+        facts["edgex.calibration_sha256"] = produced_by["calibration_sha256"]
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        facts["edgex.source_date_epoch"] = os.environ["SOURCE_DATE_EPOCH"]
+    save_model(onnx.load(str(src)), dest, metadata=facts)
+
+
 def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path, cache: dict) -> dict:
     ctx = for_profile(ctx, profile)
     r = ctx.loaded.recipe
@@ -398,9 +429,9 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         shutil.copyfile(ctx.loaded.resolve(r.labels_file), folder / "labels.txt")
         files["labels"] = "labels.txt"
     paths = {}
-    for name, (src, *_rest) in artifacts.items():
+    for name, (src, _precision, produced_by, _parent) in artifacts.items():
         paths[name] = folder / f"{name}.onnx"
-        shutil.copyfile(src, paths[name])
+        _stamp(src, paths[name], ctx, profile, target, name, produced_by)
     checks, packages = _preflight_and_package(ctx, profile, target, paths, threads)
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"

@@ -51,8 +51,58 @@ def _is_release(folder: Path) -> bool:
 
 
 @contextmanager
+def _exclusive(final: Path) -> Iterator[None]:
+    """An advisory lock per output folder: two builds into one folder cannot interleave.
+
+    The lock file lives in the system temp dir (keyed by the folder's absolute path), so nothing
+    is left beside the user's release and the file is never deleted under a waiting process.
+    """
+    import fcntl
+    import hashlib
+
+    locks = Path(tempfile.gettempdir()) / "edgex-locks"
+    locks.mkdir(exist_ok=True)
+    lock_path = locks / (hashlib.sha256(str(final).encode()).hexdigest()[:24] + ".lock")
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise UsageError(
+                f"another edgex build ({holder}) is writing this folder",
+                path=final,
+                field="output",
+                fix="wait for it to finish, or choose another --out",
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+
+
+@contextmanager
 def staged_output(final: Path) -> Iterator[Path]:
     final = check_output(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write there ({exc.strerror})", path=final.parent, field="output", fix="choose a writable --out"
+        ) from None
+    with _exclusive(final):
+        check_output(final)  # checked again under the lock: another build may have just written it
+        with _staged(final) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _staged(final: Path) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-tmp-", dir=final.parent))

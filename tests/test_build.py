@@ -191,3 +191,53 @@ def test_lower_is_better_custom_metric(tmp_path):
     base, int8 = json.loads(proc.stdout)["profiles"][0]["variants"]
     assert base["metric"]["value"] == 0.0 and int8["metric"]["value"] > 0
     assert int8["metric"]["drop"] == pytest.approx(int8["metric"]["value"])  # worse = positive drop
+
+
+def test_two_builds_into_one_folder_cannot_interleave(tmp_path):
+    """While one build holds the output folder, a second one refuses clearly and writes nothing."""
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_tiny_project(tmp_path, quantize={"enabled": False}, bench=dict(FAST_BENCH, min_seconds=3.0))
+    out = tmp_path / "shared"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "-q",
+            "build",
+            str(recipe),
+            "--profile",
+            "raspberry-pi-5-cpu",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".shared.edgex-tmp-") for p in tmp_path.iterdir()):
+            assert first.poll() is None and time.monotonic() < deadline, "first build never started staging"
+            time.sleep(0.2)
+        second = run_cli("build", str(recipe), "--profile", "raspberry-pi-5-cpu", "--out", str(out))
+        assert second.returncode == 2 and "another edgex build" in second.stderr, second.stderr
+    finally:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert (out / "manifest.json").is_file()
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+def test_models_carry_their_provenance(tiny_build):
+    for prof in tiny_build["manifest"]["profiles"]:
+        for v in prof["variants"]:
+            model = onnx.load(str(tiny_build["out"] / v["artifact"]["path"]))
+            meta = {p.key: p.value for p in model.metadata_props}
+            assert meta["edgex.profile"] == prof["id"] and meta["edgex.variant"] == v["name"]
+            assert meta["edgex.recipe_sha256"] == tiny_build["manifest"]["recipe"]["sha256"]
+            assert meta["edgex.onnxruntime"] == tiny_build["manifest"]["tool_versions"]["onnxruntime"]
+            if v["name"] == "int8":
+                assert meta["edgex.calibration_sha256"] == v["produced_by"]["calibration_sha256"]
