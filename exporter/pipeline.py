@@ -21,6 +21,7 @@ from exporter.bench.estimate import estimate
 from exporter.bench.latency import bootstrap_interval
 from exporter.bench.verdicts import judge, judge_preflight, overall
 from exporter.data import Dataset, load_dataset
+from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.export import check_parity, export_model, torch_reference
 from exporter.graph_stats import inspect_model
@@ -103,14 +104,6 @@ def for_profile(ctx: Context, profile: DeviceProfile) -> Context:
         shaped = dataclasses.replace(ctx, inputs=inputs, calibration=calibration, evaluation=evaluation, shapes={})
         ctx.shapes[key] = _reference(shaped)
     return ctx.shapes[key]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare(

@@ -7,20 +7,12 @@ disagrees with the file list.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.manifest import MANIFEST
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(folder: Path) -> dict:
@@ -50,7 +42,7 @@ def verify(folder: Path) -> dict:
             problems.append({"path": rel, "problem": "listed path leaves the release folder"})
         elif not path.is_file():
             problems.append({"path": rel, "problem": "missing"})
-        elif path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             problems.append({"path": rel, "problem": "content differs from the manifest"})
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     problems += [{"path": rel, "problem": "not listed in the manifest"} for rel in sorted(on_disk - set(listed))]
