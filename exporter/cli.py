@@ -356,7 +356,7 @@ def bench(
 @click.option(
     "--floor",
     type=click.FloatRange(0),
-    default=0.05,
+    default=0.10,
     show_default=True,
     help="Smallest latency slow-down (fraction) ever flagged.",
 )

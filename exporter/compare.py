@@ -4,8 +4,8 @@ Size and quality are deterministic, so any worsening beyond a tiny tolerance is 
 Latency is not: within-run intervals understate run-to-run noise on shared machines (the same
 model's 2-thread p50 ranged 17.8-30.7 ms across runs here). So the latency threshold is
 calibrated on repeated runs: when both releases' files are present, the old model is timed
-against itself (A/A) and against the new one (A/B) in interleaved rounds on this machine; a
-regression is a median A/B slow-down beyond twice the A/A spread (at least `floor`). Without the
+against itself (A/A) and against the new one (A/B) in interleaved rounds on one thread on this
+machine; a regression is a median A/B slow-down beyond three times the A/A spread (at least `floor`). Without the
 files, the recorded p50s are compared against a documented default (`floor`, doubled for
 multi-thread runs) and the output says the threshold was not calibrated.
 """
@@ -40,19 +40,22 @@ def _load(path: Path) -> tuple[dict, Path]:
     return manifest, path.parent
 
 
-def _calibrated_ratio(old: Path, new: Path, threads: int, rounds: int, floor: float) -> dict:
+def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
+    """A/A and A/B p50 ratios over interleaved rounds, on one thread (where this machine repeats within ~10%;
+    two-thread figures jumped 1.7x between runs), the order reversed every other round to cancel drift."""
     from exporter.bench_file import synthetic_feed
     from exporter.measure import time_interleaved
 
     feed = synthetic_feed(old)
     settings = BenchSection(warmup_runs=5, min_runs=30, min_seconds=0.3, max_seconds=5.0)
     aa, ab = [], []
-    for _ in range(rounds):
-        stats = time_interleaved({"a": old, "a2": old, "b": new}, feed, threads, settings, rounds=1)
+    for i in range(rounds):
+        order = {"a": old, "a2": old, "b": new} if i % 2 == 0 else {"b": new, "a2": old, "a": old}
+        stats = time_interleaved(order, feed, 1, settings, rounds=1)
         aa.append(stats["a2"].p50 / stats["a"].p50)
         ab.append(stats["b"].p50 / stats["a"].p50)
     spread = float(np.max(np.abs(np.log(aa))))
-    threshold = max(floor, float(np.expm1(2 * spread)))
+    threshold = max(floor, float(np.expm1(3 * spread)))
     return {
         "ratio": float(np.median(ab)),
         "threshold": threshold,
@@ -62,7 +65,7 @@ def _calibrated_ratio(old: Path, new: Path, threads: int, rounds: int, floor: fl
     }
 
 
-def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.05) -> dict:
+def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.10) -> dict:
     old, old_root = _load(old_path)
     new, new_root = _load(new_path)
     old_profiles = {p["id"]: p for p in old["profiles"]}
@@ -98,7 +101,7 @@ def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.05
             a, b = old_root / was["artifact"]["path"], new_root / v["artifact"]["path"]
             threads = host_threads(v["latency_ms"].get("threads", 1))
             if a.is_file() and b.is_file():
-                lat = _calibrated_ratio(a, b, threads, rounds, floor)
+                lat = _calibrated_ratio(a, b, rounds, floor)
             else:
                 default = floor * (2 if threads > 1 else 1)
                 lat = {
