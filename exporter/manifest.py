@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exporter.digest import sha256_file
 from exporter.versions import host_facts, tool_versions
 
 if TYPE_CHECKING:
@@ -20,9 +20,8 @@ MANIFEST = "manifest.json"
 def file_entries(root: Path) -> list[dict]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
-        data = path.read_bytes()
         entries.append(
-            {"path": path.relative_to(root).as_posix(), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
         )
     return entries
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.digest import sha256_file
 from exporter.runtime import make_session, run_all
 from exporter.targets import Target
 
@@ -80,9 +81,8 @@ def to_ort(onnx_path: Path, dest: Path, style: str) -> tuple[Path, Path, bool]:
     the model's digest under the system temp dir, serialised by a lock.
     """
     import fcntl
-    import hashlib
 
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(onnx_path)[:16]
     work = Path(tempfile.gettempdir()) / "edgex-ort" / f"{digest}-{style}"
     work.mkdir(parents=True, exist_ok=True)
     stem = onnx_path.stem

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.callables import call_user
+from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
 
@@ -69,8 +70,6 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
 
 
 def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
-    import hashlib
-
     module = call_user(
         spec.factory,
         loaded.path.parent,
@@ -110,7 +109,7 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
                 field="model.checkpoint",
                 fix="use the checkpoint saved from this architecture",
             )
-        digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        digest = sha256_file(ckpt)
     module.eval()
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
@@ -130,9 +129,7 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
             field="inputs",
             fix="name the recipe's inputs after the model's",
         )
-    import hashlib
-
-    return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=sha256_file(path))
 
 
 def load_hf(spec: Any, loaded: LoadedRecipe) -> LoadedModel:
