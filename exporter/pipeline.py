@@ -29,6 +29,9 @@ from exporter.manifest import build_manifest, write_manifest
 from exporter.measure import measure_variants
 from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
 from exporter.profiles import DeviceProfile, get_profiles
+from exporter.quant.dynamic import quantize_dynamic_int8
+from exporter.quant.fp16 import convert_fp16
+from exporter.quant.weight_only import quantize_int4
 from exporter.quantize import QuantizeResult, quantize_int8
 from exporter.recipe import BenchSection, InputSpec, LoadedRecipe, load_recipe
 from exporter.report import write_report
@@ -128,7 +131,8 @@ def prepare(
     chosen = get_profiles(ids, profiles_dirs, where=where)
     for profile in chosen:
         target = get_target(profile.target)
-        target.refuse_precision(r.quantize.precision if r.quantize.enabled else "fp32", loaded.path, profile.id)
+        for precision in r.quantize.precisions if r.quantize.enabled else ["fp32"]:
+            target.refuse_precision(precision, loaded.path, profile.id)
     if r.model.source == "hf":
         log.info(f"[{r.name}] load the Hugging Face folder and export it with optimum")
         unknown = sorted(set(r.model.per_profile) - set(r.profiles) - set(ids))
@@ -153,15 +157,19 @@ def _feed(ctx: Context) -> dict[str, np.ndarray]:
     return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
 
 
-def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[Path, dict]:
+def _export_for(ctx: Context, target: Target, work: Path, cache: dict, fusion: str = "full") -> tuple[Path, dict]:
+    """fusion: "full" (the fastest FP32 graph), "no-attention" (static INT8 input) or "none" (INT4 input);
+    only transformers on targets that run contrib ops are fused at all."""
     r = ctx.loaded.recipe
     static = target.static_shapes
-    fuse = ctx.model.kind == "hf" and target.contrib_ops
+    fuse = ctx.model.kind == "hf" and target.contrib_ops and fusion != "none"
+    attention = fusion == "full"
     dims = "x".join(str(d) for d in ctx.inputs[0].shape)
-    key = ("export", target.opset.export, static, fuse, dims)
+    key = ("export", target.opset.export, static, fuse, attention, dims)
     if key not in cache:
         shapes = "static" if static else "dynamic"
-        path = work / f"baseline-op{target.opset.export}-{shapes}-{dims}{'-fused' if fuse else ''}.onnx"
+        tag = ("-fused" if attention else "-fused-noattn") if fuse else ""
+        path = work / f"baseline-op{target.opset.export}-{shapes}-{dims}{tag}.onnx"
         log.info(
             f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes{', fused' if fuse else ''})"
         )
@@ -174,6 +182,7 @@ def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[
             static,
             path,
             fuse,
+            attention,
         )
         worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
         parity = {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True}
@@ -181,20 +190,48 @@ def _export_for(ctx: Context, target: Target, work: Path, cache: dict) -> tuple[
     return cache[key]
 
 
-def _quantize_for(ctx: Context, target: Target, fp32: Path, work: Path, cache: dict) -> QuantizeResult:
+def _evaluator(ctx: Context, mode: str, threads: int):
+    """path -> accuracy drop on the evaluation set, computed as the target's runtime computes it."""
+    from exporter.measure import evaluate_outputs
+
+    def evaluate(path: Path) -> float:
+        out = evaluate_outputs(path, ctx.evaluation.inputs, threads, path.stem, mode)
+        value = float(ctx.metric_fn(out[0], ctx.evaluation.labels, ctx.reference[0]))
+        return accuracy_drop(ctx.baseline_metric, value, ctx.higher_is_better)
+
+    return evaluate
+
+
+def _quantize_for(
+    ctx: Context, target: Target, fp32: Path, work: Path, cache: dict, budget: float, label: str
+) -> QuantizeResult:
     r = ctx.loaded.recipe
     preset = target.quantization
-    key = ("int8", fp32.name, json.dumps(preset.model_dump(), sort_keys=True))
+    deployed = target.execution_provider == "CPUExecutionProvider"
+    settings = json.dumps([preset.model_dump(), r.quantize.model_dump(), budget, deployed], sort_keys=True)
+    key = ("int8", fp32.name, settings)
     if key not in cache:
-        digest = hashlib.sha256(key[2].encode()).hexdigest()[:10]
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
         log.info(
-            f"[{r.name}] quantize INT8 for {target.id} ({preset.format}, {preset.activation_type}/"
+            f"[{label}] quantize INT8 for {target.id} ({preset.format}, {preset.activation_type}/"
             f"{preset.weight_type}, per-channel {preset.per_channel}, {r.quantize.calibration_method}, "
             f"{min(r.quantize.calibration_samples, len(ctx.calibration))} samples)"
         )
         batch = ctx.inputs[0].shape[0]
+        mode = "deployed" if deployed else "simulated"
         cache[key] = quantize_int8(
-            fp32, work / f"int8-{digest}.onnx", ctx.calibration, r.quantize, preset, batch, r.seed
+            fp32,
+            work / f"int8-{digest}.onnx",
+            ctx.calibration,
+            r.quantize,
+            preset,
+            batch,
+            r.seed,
+            evaluate=_evaluator(ctx, mode, host_threads(2)),
+            budget=budget,
+            # The speed guard times host kernels: meaningful only where the host runs the target's own.
+            speed_feed=_feed(ctx) if deployed else None,
+            label=label,
         )
     return cache[key]
 
@@ -221,7 +258,8 @@ def _variant_record(
     interval = bootstrap_interval(lat.samples, pct)
     rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
     target = get_target(profile.target)
-    compute = target.float_compute if precision == "fp32" else precision
+    # INT4 is weight-only: its products run as int8 (accuracy_level 4) or float, estimated as int8.
+    compute = target.float_compute if precision == "fp32" else {"int4": "int8"}.get(precision, precision)
     device = estimate(path, compute, lat.p50, threads, profile.estimates, rate)
     verdicts = judge(
         profile.budgets,
@@ -289,14 +327,20 @@ def _choose_deliverable(variants: list[dict], target: Target) -> dict:
     return min(variants, key=shortfall)
 
 
-def _artifacts(ctx: Context, target: Target, work: Path, cache: dict) -> dict[str, tuple]:
+def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str) -> dict[str, tuple]:
     """name -> (file, precision, produced_by, parent), in lineage order."""
     r = ctx.loaded.recipe
     fp32_work, export_info = _export_for(ctx, target, work, cache)
     artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
-    if r.quantize.enabled:
-        q = _quantize_for(ctx, target, fp32_work, work, cache)
-        produced_by = {"step": "quantize", "precision": "int8"}
+    if not r.quantize.enabled:
+        return artifacts
+    precisions = r.quantize.precisions
+    if "int8" in precisions:
+        source = fp32_work
+        if ctx.model.kind == "hf" and target.contrib_ops:
+            source, _ = _export_for(ctx, target, work, cache, fusion="no-attention")
+        q = _quantize_for(ctx, target, source, work, cache, budget, label)
+        produced_by = {"step": "quantize", "precision": "int8", "input_graph": source.name}
         produced_by.update(
             {
                 k: q.preset[k]
@@ -318,9 +362,46 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict) -> dict[st
                 "quantized_nodes": q.quantized_nodes,
                 "kept_in_float": q.float_nodes,
                 "excluded_nodes": q.excluded_nodes,
+                "notes": q.notes,
+                "search": q.search,
+                "speed_guard": q.speed_guard,
             }
         )
         artifacts["int8"] = (q.path, "int8", produced_by, "baseline")
+        if r.quantize.dynamic and target.quantization.dynamic:
+            key = ("int8-dynamic", fp32_work.name)
+            if key not in cache:
+                log.info(f"[{label}] quantize dynamic INT8 (per-channel weights) for {target.id}")
+                path = work / f"int8-dynamic-{fp32_work.stem}.onnx"
+                cache[key] = (path, quantize_dynamic_int8(fp32_work, path))
+            path, info = cache[key]
+            artifacts["int8-dynamic"] = (path, "int8", {"step": "quantize", "precision": "int8", **info}, "baseline")
+    if "int4" in precisions:
+        source = fp32_work
+        if ctx.model.kind == "hf":  # MatMulNBits and GatherBlockQuantized need the plain MatMul/Gather graph
+            source, _ = _export_for(ctx, target, work, cache, fusion="none")
+        s4 = r.quantize.int4
+        key = ("int4", source.name, s4.model_dump_json(), target.quantization.int4_format)
+        if key not in cache:
+            log.info(f"[{label}] quantize INT4 weights ({s4.algorithm}, block {s4.block_size}) for {target.id}")
+            path = work / f"int4-{hashlib.sha256(repr(key).encode()).hexdigest()[:10]}.onnx"
+            batch = ctx.inputs[0].shape[0]
+            feeds = [
+                {k: v[i : i + batch] for k, v in ctx.calibration.inputs.items()}
+                for i in range(0, min(len(ctx.calibration), 32 * batch) - batch + 1, batch)
+            ]
+            res = quantize_int4(source, path, s4, target.quantization.int4_format, feeds)
+            cache[key] = (path, {"step": "quantize", "precision": "int4", **res.settings, "nodes": res.quantized})
+        path, info = cache[key]
+        artifacts["int4"] = (path, "int4", info, "baseline")
+    if "fp16" in precisions:
+        key = ("fp16", fp32_work.name)
+        if key not in cache:
+            log.info(f"[{label}] convert to FP16 for {target.id}")
+            path = work / f"fp16-{fp32_work.stem}.onnx"
+            cache[key] = (path, {"step": "quantize", "precision": "fp16", **convert_fp16(fp32_work, path)})
+        path, info = cache[key]
+        artifacts["fp16"] = (path, "fp16", info, "baseline")
     return artifacts
 
 
@@ -412,7 +493,8 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     threads = host_threads(profile.threads)
     folder = stage / profile.id
     folder.mkdir(parents=True)
-    artifacts = _artifacts(ctx, target, work, cache)
+    max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
+    artifacts = _artifacts(ctx, target, work, cache, max_drop, profile.id)
     files: dict[str, object] = {}
     if ctx.model.hf is not None:
         from exporter.hf.source import copy_tokenizer
@@ -429,7 +511,6 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
     meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id, mode)
-    max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
     variants = []
     for name, (_src, precision, produced_by, parent) in artifacts.items():
         record = _variant_record(

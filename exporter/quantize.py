@@ -25,9 +25,14 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from exporter import log
 from exporter.data import Dataset
 from exporter.errors import UsageError
 from exporter.onnx_io import save_model
+from exporter.quant.calibration import bounded_samples
+from exporter.quant.qdq_graph import keep_float
+from exporter.quant.search import Evaluate, search
+from exporter.quant.speed import LADDER, TOLERANCE, time_ratio
 from exporter.recipe import QuantizeSection
 from exporter.targets import QuantPreset
 
@@ -87,6 +92,9 @@ class QuantizeResult:
     quantized_nodes: dict[str, int] = field(default_factory=dict)
     float_nodes: dict[str, int] = field(default_factory=dict)
     excluded_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it was kept in float
+    notes: list[str] = field(default_factory=list)
+    search: dict | None = None  # the accuracy search: steps, tensors kept out of INT8, whether it met the budget
+    speed_guard: dict | None = None
 
 
 def float_compute_nodes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
@@ -114,42 +122,165 @@ def quantize_int8(
     preset: QuantPreset,
     batch: int,
     seed: int,
+    evaluate: Evaluate | None = None,
+    budget: float | None = None,
+    speed_feed: dict[str, np.ndarray] | None = None,
+    label: str = "quantize",
 ) -> QuantizeResult:
-    """Static INT8: pre-process (shape inference, no symbolic pass), calibrate, quantize."""
+    """Static INT8: pre-process, calibrate, quantize; then the accuracy search and the speed guard.
+
+    `evaluate` (path -> accuracy drop) and `budget` enable the search; `speed_feed` enables the
+    speed guard, which only makes sense where the host runs the target's own kernels (CPU).
+    """
     if preset.format != "qdq" and preset.activation_type.endswith("16"):
         raise UsageError(
             "16-bit activations need the QDQ format", path="targets", field="quantization.format", fix="use format: qdq"
         )
     sample = calibration.take(settings.calibration_samples, seed)
-    with tempfile.TemporaryDirectory(prefix="edgex-quant-") as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="edgex-quant-") as tmp_name:
+        tmp = Path(tmp_name)
+        prepped = tmp / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        raw = Path(tmp) / "int8.onnx"
+        methods = [settings.calibration_method] + [
+            m for m in settings.search.calibration_methods if m != settings.calibration_method
+        ]
+        samples = {m: bounded_samples(prepped, sample, m, settings.calibration_memory_mb, batch, seed) for m in methods}
+        for _used, note in samples.values():
+            if note:
+                notes.append(note)
         excluded: dict[str, str] = {}
-        while True:
-            try:
-                _quantize_once(prepped, raw, Path(tmp), sample, settings, preset, batch, sorted(excluded))
-                break
-            except ValueError as exc:
-                node = _bias_failure_node(prepped, str(exc))
-                if node is None or node in excluded or len(excluded) >= 16:
-                    raise
-                # onnxruntime cannot quantize this node's bias because its input stays float (e.g. a
-                # Gemm after Tanh); keep that node in float, say so, and quantize the rest.
-                excluded[node] = " ".join(str(exc).split())[:200]
-        model = onnx.load(str(raw))
+        counter = iter(range(10_000))
+
+        def requantize(
+            method: str, overrides: dict[str, str], op_types: list[str] | None = None, exclude: tuple[str, ...] = ()
+        ) -> Path:
+            out = tmp / f"int8-{next(counter)}.onnx"
+            data = samples[method][0]
+            while True:
+                try:
+                    _quantize_once(
+                        prepped,
+                        out,
+                        tmp,
+                        data,
+                        method,
+                        preset,
+                        batch,
+                        sorted(set(excluded) | set(exclude)),
+                        overrides,
+                        op_types,
+                    )
+                    return out
+                except ValueError as exc:
+                    node = _bias_failure_node(prepped, str(exc))
+                    if node is None or node in excluded or len(excluded) >= 16:
+                        raise
+                    # onnxruntime cannot quantize this node's bias because its input stays float (e.g. a
+                    # Gemm after Tanh); keep that node in float, say so, and quantize the rest.
+                    excluded[node] = " ".join(str(exc).split())[:200]
+
+        searched: dict | None = None
+        guard: dict | None = None
+        if evaluate is not None and budget is not None and settings.search.enabled:
+            feeds = _feeds(sample, batch, 8)
+            fallback = "uint16" if preset.fallback == "uint16" else "float"
+            result = search(
+                requantize,
+                evaluate,
+                prepped,
+                feeds,
+                budget,
+                methods if settings.search.enabled else methods[:1],
+                fallback,
+                settings.search.max_kept,
+                tmp,
+                label,
+            )
+            chosen, method = result.path, result.method
+            searched = {
+                "budget": budget,
+                "met": result.met,
+                "drop": round(result.drop, 6),
+                "kept_out_of_int8": result.kept,
+                "steps": result.steps,
+                "evaluated_on": "evaluation set",
+            }
+            if speed_feed is not None:
+                chosen, guard = _speed_guard(
+                    prepped, chosen, result, requantize, evaluate, budget, speed_feed, method, label
+                )
+                if result.kept and result.all_quantized is not None and guard.get("ratio_all_quantized") is None:
+                    guard["ratio_all_quantized"] = round(time_ratio(prepped, result.all_quantized, speed_feed), 3)
+        else:
+            method = settings.calibration_method
+            chosen = requantize(method, {})
+        model = onnx.load(str(chosen))
         quantized, floating = float_compute_nodes(model)
         save_model(model, out_path)
     return QuantizeResult(
         path=out_path,
-        calibration_samples=len(sample),
-        calibration_digest=sample.digest,
-        method=settings.calibration_method,
+        calibration_samples=len(samples[method][0]),
+        calibration_digest=samples[method][0].digest,
+        method=method,
         preset=preset.model_dump(),
         quantized_nodes=quantized,
         float_nodes=floating,
         excluded_nodes=excluded,
+        notes=notes,
+        search=searched,
+        speed_guard=guard,
     )
+
+
+def _feeds(data: Dataset, batch: int, n: int) -> list[dict[str, np.ndarray]]:
+    count = min(len(data) // batch, n)
+    return [{k: v[i * batch : (i + 1) * batch] for k, v in data.inputs.items()} for i in range(count)]
+
+
+def _speed_guard(prepped, chosen, result, requantize, evaluate, budget, feed, method, label) -> tuple[Path, dict]:
+    """Time the chosen INT8 against FP32; down the op-type ladder while INT8 is more than 5% slower."""
+    ratio = time_ratio(prepped, chosen, feed)
+    record: dict = {"tolerance": TOLERANCE, "ratio": round(ratio, 3), "tried": [], "basis": "1 thread, host, p50 ratio"}
+    log.info(f"[{label}] speed guard: INT8/FP32 time {ratio:.2f}")
+    if ratio <= 1 + TOLERANCE:
+        record["verdict"] = "INT8 is not slower than FP32"
+        return chosen, record
+    kept = {k["tensor"] for k in result.kept if k["kept_as"] == "float"}
+    overrides = {k["tensor"]: "uint16" for k in result.kept if k["kept_as"] == "uint16"}
+    fp32 = onnx.load(str(prepped))
+    best = (ratio, chosen, "as searched")
+    for rung, op_types, no_depthwise in LADDER:
+        exclude = tuple(depthwise_convs(fp32)) if no_depthwise else ()
+        path = requantize(method, overrides, op_types, exclude)
+        if kept:
+            model = keep_float(onnx.load(str(path)), kept)
+            onnx.save(model, str(path))
+        drop = evaluate(path)
+        r = time_ratio(prepped, path, feed)
+        record["tried"].append({"rung": rung, "ratio": round(r, 3), "drop": round(drop, 6), "ok": drop <= budget})
+        log.info(f"[{label}] speed guard, {rung}: INT8/FP32 time {r:.2f}, drop {drop:.4f}")
+        if drop <= budget and r < best[0]:
+            best = (r, path, rung)
+        if drop <= budget and r <= 1 + TOLERANCE:
+            break
+    record["chosen"] = best[2]
+    record["ratio"] = round(best[0], 3)
+    record["verdict"] = (
+        "INT8 is not slower than FP32"
+        if best[0] <= 1 + TOLERANCE
+        else f"INT8 stays {100 * (best[0] - 1):.0f}% slower than FP32 on this host after every rung; run "
+        "`edgex diagnose` on it for the ops that cost the time"
+    )
+    return best[1], record
+
+
+def depthwise_convs(model: onnx.ModelProto) -> list[str]:
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) and n.name
+    ]
 
 
 _BIAS_FAILURE = re.compile(r"when quantizing bias '([^']+)'")
@@ -169,10 +300,12 @@ def _quantize_once(
     raw: Path,
     tmp: Path,
     sample: Dataset,
-    settings: QuantizeSection,
+    method: str,
     preset: QuantPreset,
     batch: int,
     exclude: list[str],
+    overrides: dict[str, str],
+    op_types: list[str] | None,
 ) -> None:
     root = logging.getLogger()
     level = root.level
@@ -185,18 +318,23 @@ def _quantize_once(
             str(raw),
             _Reader(sample.inputs, batch),
             quant_format=QuantFormat.QDQ if preset.format == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=preset.op_types,
+            op_types_to_quantize=op_types or preset.op_types,
             per_channel=preset.per_channel,
             activation_type=_QUANT_TYPES[preset.activation_type],
             weight_type=_QUANT_TYPES[preset.weight_type],
             nodes_to_exclude=exclude or None,
-            calibrate_method=_METHODS[settings.calibration_method],
-            calibration_cache_path=str(tmp / "calib.cache"),  # reused when a retry excludes a node
+            calibrate_method=_METHODS[method],
+            # Ranges depend on the method and the tensors calibrated, not on overrides or exclusions.
+            calibration_cache_path=str(tmp / f"calib-{method}-{'-'.join(op_types or ['all'])}.cache"),
             extra_options={
                 "ActivationSymmetric": preset.activation_symmetric,
                 "WeightSymmetric": preset.weight_symmetric,
                 # A tensor constant over the calibration set would get a zero scale; give it a minimal range.
                 "MinimumRealRange": 1e-4,
+                # Contrib ops (fused LayerNorm, Gelu) defeat ONNX shape inference; their outputs are float.
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+                # Matrix products whose outputs the search keeps in float still run integer kernels.
+                "TensorQuantOverrides": {t: [{"quant_type": _QUANT_TYPES[q]}] for t, q in overrides.items()},
             },
         )
     finally:

@@ -120,11 +120,58 @@ class CallableMetric(Strict):
     higher_is_better: bool = Field(default=True, description="False for error rates (WER, MSE...).")
 
 
+Precision = Literal["int8", "int4", "fp16"]
+CalibrationMethod = Literal["minmax", "entropy", "percentile", "distribution"]
+
+
+class SearchSettings(Strict):
+    """Accuracy-aware static INT8: what the search may try before the budget is declared missed."""
+
+    enabled: bool = True
+    calibration_methods: list[CalibrationMethod] = Field(
+        default_factory=lambda: ["minmax", "percentile"],
+        description="Tried in order after calibration_method, each a full calibration; the best is kept.",
+    )
+    max_kept: int = Field(default=32, ge=0, le=4096, description="Most tensors kept in float (or 16-bit).")
+
+
+class Int4Settings(Strict):
+    """Weight-only block-wise INT4 (MatMulNBits / GatherBlockQuantized, or QDQ int4 for QDQ targets)."""
+
+    algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
+    block_size: int = Field(default=32, ge=16, le=256, description="Power of two, 16..256.")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="onnxruntime MatMulNBits compute type: 4 = int8 activations, 0 = unset (fp32)."
+    )
+    symmetric: bool = False
+    embeddings: bool = Field(default=True, description="Also quantize Gather tables (word embeddings).")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> Int4Settings:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size {self.block_size} is not a power of two (16, 32, 64, 128 or 256)")
+        return self
+
+
 class QuantizeSection(Strict):
     enabled: bool = True
-    precision: Literal["int8"] = "int8"
-    calibration_method: Literal["minmax", "entropy", "percentile", "distribution"] = "minmax"
+    precision: Precision | list[Precision] = Field(
+        default="int8", description="One precision or a list; each becomes a variant (int8 = static QDQ)."
+    )
+    calibration_method: CalibrationMethod = "minmax"
     calibration_samples: int = Field(default=128, ge=1, le=100_000)
+    calibration_memory_mb: int = Field(
+        default=4096, ge=64, description="Histogram calibration holds every activation; fewer samples beyond this."
+    )
+    dynamic: bool = Field(
+        default=True, description="Also offer dynamic INT8 (per-channel weights) where the target runs it (CPU)."
+    )
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    int4: Int4Settings = Field(default_factory=Int4Settings)
+
+    @property
+    def precisions(self) -> list[str]:
+        return [self.precision] if isinstance(self.precision, str) else list(dict.fromkeys(self.precision))
 
 
 class BenchSection(Strict):

@@ -44,8 +44,16 @@ class QuantPreset(Strict):
     op_types: list[str] | None = Field(
         default=None, description="Op types to quantize; null means every op type onnxruntime can quantize."
     )
-    precisions: list[Literal["fp32", "int8"]] = Field(
+    precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(
         default_factory=lambda: ["fp32", "int8"], description="Precisions this runtime can execute."
+    )
+    fallback: Literal["float", "uint16"] = Field(
+        default="float",
+        description="Where the accuracy search puts a tensor INT8 cannot hold: float, or 16-bit for integer-only NPUs.",
+    )
+    dynamic: bool = Field(default=False, description="The runtime executes dynamic INT8 (offered beside static).")
+    int4_format: Literal["qoperator", "qdq"] = Field(
+        default="qoperator", description="qoperator: MatMulNBits/GatherBlockQuantized; qdq: int4 DequantizeLinear."
     )
 
 

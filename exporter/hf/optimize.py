@@ -39,15 +39,22 @@ def fix_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelProt
     return onnx.shape_inference.infer_shapes(model)
 
 
-def fuse(path: Path, model_type: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+def fuse(path: Path, model_type: str, attention: bool = True) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """attention=False keeps Q/K/V as MatMuls for static INT8: onnxruntime has no QDQ form of the
+    fused Attention op, so a fused graph would keep its projections (a quarter of the work) in float."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    kind = _OPTIMIZER_TYPE.get(model_type, model_type)
+    options = FusionOptions(kind)
+    options.enable_attention = attention
 
     quiet = logging.getLogger("onnxruntime.transformers")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         opt = optimize_model(
-            str(path), model_type=_OPTIMIZER_TYPE.get(model_type, model_type), num_heads=0, hidden_size=0, use_gpu=False
+            str(path), model_type=kind, num_heads=0, hidden_size=0, use_gpu=False, optimization_options=options
         )
     finally:
         quiet.setLevel(level)
@@ -56,7 +63,13 @@ def fuse(path: Path, model_type: str) -> tuple[onnx.ModelProto, dict[str, int]]:
 
 
 def export_for_target(
-    canonical: Path, folder: Path, specs: list[InputSpec], static: bool, allow_fusion: bool, path: Path
+    canonical: Path,
+    folder: Path,
+    specs: list[InputSpec],
+    static: bool,
+    allow_fusion: bool,
+    path: Path,
+    attention: bool = True,
 ) -> dict:
     """Write this target's FP32 graph; returns what was done (shapes, fusions or why none)."""
     model = onnx.load(str(canonical))
@@ -72,8 +85,8 @@ def export_for_target(
         with tempfile.TemporaryDirectory(prefix="edgex-fuse-") as tmp:
             staged = Path(tmp) / "unfused.onnx"
             onnx.save(model, str(staged))
-            model, stats = fuse(staged, model_type)
-        info["fusion"] = "onnxruntime.transformers"
+            model, stats = fuse(staged, model_type, attention)
+        info["fusion"] = "onnxruntime.transformers" + ("" if attention else " (attention left as MatMuls for INT8)")
         info["fused_ops"] = stats
     save_model(model, path)
     return info

@@ -1,0 +1,81 @@
+"""Calibration limits and checks that onnxruntime.quantization does not make itself.
+
+Its calibrators keep every intermediate activation of every calibration sample in memory until
+the end (histogram methods always; MinMax unless told to flush). On a transformer that is
+hundreds of megabytes per sample, so the histogram methods are sub-sampled to fit the recipe's
+`calibration_memory_mb` and the report says so; MinMax streams in chunks instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from exporter.data import Dataset
+from exporter.errors import UsageError
+from exporter.recipe import InputSpec
+from exporter.runtime import make_session
+
+HISTOGRAM_METHODS = {"entropy", "percentile", "distribution"}
+
+
+def activation_bytes(model_path: Path, feed: dict[str, np.ndarray]) -> int:
+    """Bytes of every float activation for one query: what a calibrator holds per sample."""
+    model = onnx.load(str(model_path))
+    have = {o.name for o in model.graph.output}
+    inits = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in have and out not in inits:
+                model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None))
+                have.add(out)
+    with tempfile.TemporaryDirectory(prefix="edgex-calib-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(path))
+        outs = make_session(path, 1, "simulated").run(None, feed)
+    return int(sum(o.nbytes for o in outs if isinstance(o, np.ndarray) and np.issubdtype(o.dtype, np.floating)))
+
+
+def bounded_samples(
+    model_path: Path, data: Dataset, method: str, memory_mb: int, batch: int, seed: int
+) -> tuple[Dataset, str | None]:
+    """The calibration samples `method` can hold within `memory_mb`, and a note when that is fewer."""
+    if method not in HISTOGRAM_METHODS:
+        return data, None
+    feed = {k: v[:batch] for k, v in data.inputs.items()}
+    per_batch = activation_bytes(model_path, feed)
+    fits = int(memory_mb * 2**20 // max(per_batch, 1)) * batch
+    if fits < batch:
+        raise UsageError(
+            f"{method} calibration needs {per_batch / 2**20:.0f} MB per sample, over the {memory_mb} MB limit",
+            path="recipe",
+            field="quantize.calibration_memory_mb",
+            fix=f"raise calibration_memory_mb above {int(per_batch / 2**20) + 1} or use calibration_method: minmax",
+        )
+    if fits >= len(data):
+        return data, None
+    note = (
+        f"{method} calibration used {fits} of {len(data)} samples: onnxruntime's histogram calibrator holds every "
+        f"activation ({per_batch / 2**20:.1f} MB per sample) and quantize.calibration_memory_mb is {memory_mb}"
+    )
+    return data.take(fits, seed), note
+
+
+def specs_from_model(model: onnx.ModelProto, batch: int = 1) -> list[InputSpec]:
+    """Input specs of an ONNX file given on the command line; symbolic dims stay dynamic."""
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        shape = [d if d is not None else (batch if i == 0 else 1) for i, d in enumerate(dims)]
+        dynamic = {i: f"dim{i}" for i, d in enumerate(dims) if d is None}
+        specs.append(InputSpec(name=inp.name, shape=shape or [1], dtype=dtype, dynamic_axes=dynamic))
+    return specs

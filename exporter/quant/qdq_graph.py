@@ -1,0 +1,124 @@
+"""Edits and measurements on a QDQ graph, at the level of one quantized activation tensor.
+
+The accuracy search works tensor by tensor because that is where static quantization loses
+accuracy: one activation with outliers (a transformer's feed-forward output) costs more than
+every weight together. Keeping a tensor in float removes its Q->DQ pair; the consumer still
+reads int8 weights, and a matrix product whose *output* pair is removed keeps its integer
+kernel with a float output (QGemm / MatMulIntegerToFloat on onnxruntime CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from exporter.runtime import make_session
+
+
+@dataclass(frozen=True)
+class ActivationPair:
+    """A float tensor quantized by QuantizeLinear and read back by DequantizeLinear."""
+
+    tensor: str
+    scale: np.ndarray
+    zero_point: np.ndarray
+    producer: str  # op type that produces the float tensor ("input" for a graph input)
+
+
+def activation_pairs(model: onnx.ModelProto) -> list[ActivationPair]:
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        zp = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] in inits else np.zeros(1)
+        scale = numpy_helper.to_array(inits[n.input[1]])
+        out.append(ActivationPair(n.input[0], scale, zp, producers.get(n.input[0], "input")))
+    return out
+
+
+def keep_float(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
+    """A copy with the Q->DQ pairs on `tensors` removed: their consumers read the float tensor."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in m.graph.output}
+    drop: set[str] = set()
+    rename: dict[str, str] = {}
+    for n in m.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] not in tensors:
+            continue
+        readers = consumers.get(n.output[0], [])
+        if n.output[0] in graph_outputs or any(r.op_type != "DequantizeLinear" for r in readers):
+            continue  # the quantized tensor itself is used: leave the pair
+        for dq in readers:
+            if dq.output[0] in graph_outputs:
+                continue
+            rename[dq.output[0]] = n.input[0]
+            drop.add(dq.output[0])
+        drop.add(n.output[0])
+    kept = [n for n in m.graph.node if n.output[0] not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    used = {i for n in m.graph.node for i in n.input}
+    inits = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m
+
+
+def sqnr_ranking(
+    fp32: onnx.ModelProto, pairs: list[ActivationPair], feeds: list[dict[str, np.ndarray]]
+) -> list[tuple[str, float]]:
+    """Signal-to-quantization-noise ratio (dB) of each pair's scale on the FP32 activations, worst first.
+
+    One FP32 pass with every quantized tensor exposed as an output: cheap enough to rank a whole
+    transformer, where trying each tensor with a full evaluation would take minutes.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    have = {o.name for o in probe.graph.output}
+    names = [p.tensor for p in pairs if p.tensor not in have] + [p.tensor for p in pairs if p.tensor in have]
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="edgex-sqnr-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        session = make_session(path, threads=2, mode="simulated")
+        noise = dict.fromkeys(names, 0.0)
+        signal = dict.fromkeys(names, 0.0)
+        by_name = {p.tensor: p for p in pairs}
+        for feed in feeds:
+            for name, x in zip(names, session.run(names, feed), strict=True):
+                p = by_name[name]
+                x = np.asarray(x, dtype=np.float32)
+                qmin, qmax = _range(p.zero_point.dtype)
+                zp = p.zero_point.astype(np.float32)
+                scale = p.scale.astype(np.float32)
+                if scale.ndim:  # per-axis activation scales are rare; use the widest
+                    scale, zp = scale.max(), zp.reshape(-1)[0]
+                d = (np.clip(np.round(x / scale) + zp, qmin, qmax) - zp) * scale
+                noise[name] += float(((d - x) ** 2).sum())
+                signal[name] += float((x**2).sum())
+    ranked = [(n, 10 * float(np.log10(max(signal[n], 1e-30) / max(noise[n], 1e-30)))) for n in names]
+    return sorted(ranked, key=lambda t: t[1])
+
+
+def _range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.iinfo(np.uint8)
+    return int(info.min), int(info.max)

@@ -1,0 +1,113 @@
+"""Accuracy-aware static quantization: the fewest tensors kept in float (or raised to 16-bit)
+until the accuracy budget holds.
+
+Order of levers, cheapest first: the calibration methods the recipe allows (one calibration each),
+then tensors ranked by how badly their INT8 scale represents their FP32 values (SQNR, one FP32
+pass), kept out of INT8 in doubling steps and bisected back to the fewest that meet the budget.
+Every evaluation is on the recipe's evaluation data and the target's own evaluation mode, and
+every step is returned for the report. When even the last step misses the budget the result says
+so; the build's accuracy verdict then fails (exit 1). Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporter import log
+from exporter.quant.qdq_graph import activation_pairs, keep_float, sqnr_ranking
+
+# (method, {tensor: "uint16"}) -> path of a freshly quantized model
+Requantize = Callable[[str, dict[str, str]], Path]
+Evaluate = Callable[[Path], float]  # path -> accuracy drop (>= 0 is worse)
+
+
+@dataclass
+class SearchResult:
+    path: Path
+    method: str
+    drop: float
+    met: bool
+    kept: list[dict] = field(default_factory=list)  # tensor, sqnr_db, kept_as
+    steps: list[dict] = field(default_factory=list)
+    all_quantized: Path | None = None  # the first model tried with the chosen method, for the speed cost
+
+
+def search(
+    requantize: Requantize,
+    evaluate: Evaluate,
+    fp32: Path,
+    feeds: list[dict[str, np.ndarray]],
+    budget: float,
+    methods: list[str],
+    fallback: str,
+    max_kept: int,
+    work: Path,
+    label: str,
+) -> SearchResult:
+    steps: list[dict] = []
+    tried: dict[str, tuple[Path, float]] = {}
+    for method in methods:
+        path = requantize(method, {})
+        drop = evaluate(path)
+        tried[method] = (path, drop)
+        steps.append({"step": f"calibrate with {method}", "kept": 0, "drop": round(drop, 6), "ok": drop <= budget})
+        log.info(f"[{label}] INT8 with {method} calibration: drop {drop:.4f} (budget {budget:g})")
+        if drop <= budget:
+            return SearchResult(path, method, drop, True, [], steps, path)
+    method = min(tried, key=lambda m: tried[m][1])
+    base_path, base_drop = tried[method]
+    if max_kept <= 0:
+        return SearchResult(base_path, method, base_drop, False, [], steps, base_path)
+
+    base = onnx.load(str(base_path))
+    ranked = sqnr_ranking(onnx.load(str(fp32)), activation_pairs(base), feeds)
+    candidates = [name for name, _ in ranked][:max_kept]
+    sqnr = dict(ranked)
+    cache: dict[int, tuple[Path, float]] = {0: (base_path, base_drop)}
+
+    def attempt(k: int) -> float:
+        if k in cache:
+            return cache[k][1]
+        chosen = candidates[:k]
+        if fallback == "uint16":
+            path = requantize(method, dict.fromkeys(chosen, "uint16"))
+        else:
+            path = work / f"{base_path.stem}-keep{k}.onnx"
+            onnx.save(keep_float(base, set(chosen)), str(path))
+        drop = evaluate(path)
+        cache[k] = (path, drop)
+        verb = "raised to 16-bit" if fallback == "uint16" else "kept in float"
+        steps.append({"step": f"worst {k} tensor(s) {verb}", "kept": k, "drop": round(drop, 6), "ok": drop <= budget})
+        log.info(f"[{label}] {k} tensor(s) {verb}: drop {drop:.4f}")
+        return drop
+
+    k, met_at = 1, None
+    while True:
+        k = min(k, len(candidates))
+        if attempt(k) <= budget:
+            met_at = k
+            break
+        if k == len(candidates):
+            break
+        k *= 2
+    if met_at is not None:  # bisect down to the fewest tensors that still meet the budget
+        lo = met_at // 2
+        hi = met_at
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if attempt(mid) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        chosen_k = hi
+    else:
+        chosen_k = min(cache, key=lambda n: (cache[n][1], n))
+    path, drop = cache[chosen_k]
+    kept_as = "uint16" if fallback == "uint16" else "float"
+    kept = [{"tensor": t, "sqnr_db": round(sqnr[t], 2), "kept_as": kept_as} for t in candidates[:chosen_k]]
+    return SearchResult(path, method, drop, drop <= budget, kept, steps, base_path)
