@@ -344,6 +344,113 @@ def bench(
 
 
 @cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_id", required=True, help="Profile whose target preset and accuracy budget apply.")
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="An .npz whose arrays are named after the model's inputs, first axis = samples.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The quantized .onnx file to write.")
+@click.option("--precision", type=click.Choice(["int8", "int4", "fp16"]), default="int8", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["minmax", "entropy", "percentile", "distribution"]),
+    default="minmax",
+    show_default=True,
+    help="First calibration method (the search may try percentile too).",
+)
+@click.option("--samples", type=click.IntRange(1), default=128, show_default=True, help="Calibration samples used.")
+@click.option(
+    "--evaluation", type=click.Path(path_type=Path), help="An .npz to judge fidelity on (default: calibration)."
+)
+@click.option(
+    "--max-drop", type=click.FloatRange(0), help="Largest allowed 1 - cosine (default: the profile's budget)."
+)
+@JSON_OPT
+@click.pass_context
+@command
+def quantize(
+    ctx: click.Context,
+    model: Path,
+    profile_id: str,
+    calibration: Path,
+    out: Path,
+    precision: str,
+    method: str,
+    samples: int,
+    evaluation: Path | None,
+    max_drop: float | None,
+    as_json: bool,
+) -> int:
+    """Quantize an existing ONNX MODEL for a profile's target (exit 1 when the fidelity budget is missed).
+
+    \b
+    Example: edgex quantize model.onnx --profile raspberry-pi-5-cpu --calibration calib.npz --out model-int8.onnx
+    """
+    from exporter.profiles import get_profiles
+    from exporter.quant.standalone import quantize_file
+
+    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    result = quantize_file(model, prof, calibration, out, precision, method, samples, evaluation, max_drop)
+
+    def text(r: dict) -> str:
+        lines = [
+            f"{r['out']}: {r['precision']} for {r['profile']} ({r['target']}), cosine {r['cosine']:.4f} vs FP32 "
+            f"on {r['evaluated_on']} (budget: drop <= {r['budget']:g}), size {100 * r['size_ratio']:.0f}% of FP32"
+        ]
+        search = r.get("search") or {}
+        for k in search.get("kept_out_of_int8", []):
+            lines.append(f"  kept as {k['kept_as']}: {k['tensor']} (SQNR {k['sqnr_db']} dB)")
+        guard = r.get("speed_guard") or {}
+        if guard:
+            lines.append(f"  speed guard: INT8/FP32 time {guard['ratio']} ({guard['verdict']})")
+        lines += [f"  note: {n}" for n in r.get("notes", [])]
+        return "\n".join(lines)
+
+    _emit(result, as_json, text)
+    return 0 if result["ok"] else EXIT_GATE
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_id", required=True, help="Profile whose target the model is meant for.")
+@click.option("--fp32", type=click.Path(path_type=Path), help="The FP32 source, for per-op time side by side.")
+@JSON_OPT
+@click.pass_context
+@command
+def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None, as_json: bool) -> int:
+    """Explain a slow or inaccurate quantized MODEL: unfused Q/DQ, float ops, requantization, per-op time.
+
+    \b
+    Example: edgex diagnose build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu \\
+             --fp32 build/digits/raspberry-pi-5-cpu/baseline.onnx
+    """
+    from exporter.bench_file import synthetic_feed
+    from exporter.onnx_io import check_onnx_file
+    from exporter.profiles import get_profiles
+    from exporter.quant.diagnose import diagnose as run
+
+    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    check_onnx_file(model)
+    if fp32 is not None:
+        check_onnx_file(fp32, field="--fp32")
+    report = run(model, synthetic_feed(model), fp32)
+    report["profile"] = prof.id
+    report["target"] = prof.target
+
+    def text(r: dict) -> str:
+        top = ", ".join(f"{k} {v:.2f} ms" for k, v in list(r["time_ms_by_op_type"].items())[:6])
+        lines = [f"{r['model']} for {r['profile']} (host CPU provider, 1 thread): {top}"]
+        lines += [f"  - {f}" for f in r["findings"]] or ["  - nothing unusual found"]
+        return "\n".join(lines)
+
+    _emit(report, as_json, text)
+    return 0
+
+
+@cli.command()
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option(

@@ -129,7 +129,7 @@ def export_model(
     static: bool,
     path: Path,
     fuse: bool = False,
-    attention: bool = True,
+    for_int8: bool = False,
 ) -> dict:
     """Write the FP32 ONNX baseline for one (opset, shapes, fusion) policy; returns what was done."""
     if model.kind == "torch":
@@ -138,7 +138,7 @@ def export_model(
     if model.kind == "hf":
         from exporter.hf.optimize import export_for_target
 
-        info = export_for_target(model.hf.canonical_onnx, model.hf.folder, specs, static, fuse, path, attention)
+        info = export_for_target(model.hf.canonical_onnx, model.hf.folder, specs, static, fuse, path, for_int8)
         return {"opset": 18, "exporter": "optimum", **info}
     assert model.onnx_path is not None
     return {"opset": _export_onnx(model.onnx_path, specs, opset_range, static, path), "exporter": "given ONNX"}

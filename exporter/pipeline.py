@@ -158,20 +158,21 @@ def _feed(ctx: Context) -> dict[str, np.ndarray]:
 
 
 def _export_for(ctx: Context, target: Target, work: Path, cache: dict, fusion: str = "full") -> tuple[Path, dict]:
-    """fusion: "full" (the fastest FP32 graph), "no-attention" (static INT8 input) or "none" (INT4 input);
-    only transformers on targets that run contrib ops are fused at all."""
+    """fusion: "full" (the fastest FP32 graph), "for-int8" (static INT8 input: see hf.optimize.fuse) or
+    "none" (INT4 input); only transformers on targets that run contrib ops are fused at all."""
     r = ctx.loaded.recipe
     static = target.static_shapes
     fuse = ctx.model.kind == "hf" and target.contrib_ops and fusion != "none"
-    attention = fusion == "full"
+    for_int8 = fusion == "for-int8"
     dims = "x".join(str(d) for d in ctx.inputs[0].shape)
-    key = ("export", target.opset.export, static, fuse, attention, dims)
+    key = ("export", target.opset.export, static, fuse, for_int8, dims)
     if key not in cache:
         shapes = "static" if static else "dynamic"
-        tag = ("-fused" if attention else "-fused-noattn") if fuse else ""
+        tag = ("-fused-for-int8" if for_int8 else "-fused") if fuse else ""
         path = work / f"baseline-op{target.opset.export}-{shapes}-{dims}{tag}.onnx"
         log.info(
-            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes{', fused' if fuse else ''})"
+            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes"
+            f"{(', fused for INT8' if for_int8 else ', fused') if fuse else ''})"
         )
         info = export_model(
             ctx.model,
@@ -182,7 +183,7 @@ def _export_for(ctx: Context, target: Target, work: Path, cache: dict, fusion: s
             static,
             path,
             fuse,
-            attention,
+            for_int8,
         )
         worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
         parity = {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True}
@@ -203,7 +204,7 @@ def _evaluator(ctx: Context, mode: str, threads: int):
 
 
 def _quantize_for(
-    ctx: Context, target: Target, fp32: Path, work: Path, cache: dict, budget: float, label: str
+    ctx: Context, target: Target, fp32: Path, work: Path, cache: dict, budget: float, label: str, baseline: Path
 ) -> QuantizeResult:
     r = ctx.loaded.recipe
     preset = target.quantization
@@ -219,6 +220,8 @@ def _quantize_for(
         )
         batch = ctx.inputs[0].shape[0]
         mode = "deployed" if deployed else "simulated"
+        if ctx.model.kind == "hf" and preset.transformer_op_types is not None:
+            preset = preset.model_copy(update={"op_types": preset.transformer_op_types})
         cache[key] = quantize_int8(
             fp32,
             work / f"int8-{digest}.onnx",
@@ -231,6 +234,7 @@ def _quantize_for(
             budget=budget,
             # The speed guard times host kernels: meaningful only where the host runs the target's own.
             speed_feed=_feed(ctx) if deployed else None,
+            speed_baseline=baseline,
             label=label,
         )
     return cache[key]
@@ -338,8 +342,8 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
     if "int8" in precisions:
         source = fp32_work
         if ctx.model.kind == "hf" and target.contrib_ops:
-            source, _ = _export_for(ctx, target, work, cache, fusion="no-attention")
-        q = _quantize_for(ctx, target, source, work, cache, budget, label)
+            source, _ = _export_for(ctx, target, work, cache, fusion="for-int8")
+        q = _quantize_for(ctx, target, source, work, cache, budget, label, fp32_work)
         produced_by = {"step": "quantize", "precision": "int8", "input_graph": source.name}
         produced_by.update(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -125,12 +126,16 @@ def quantize_int8(
     evaluate: Evaluate | None = None,
     budget: float | None = None,
     speed_feed: dict[str, np.ndarray] | None = None,
+    speed_baseline: Path | None = None,
     label: str = "quantize",
+    keep_dir: Path | None = None,
 ) -> QuantizeResult:
     """Static INT8: pre-process, calibrate, quantize; then the accuracy search and the speed guard.
 
     `evaluate` (path -> accuracy drop) and `budget` enable the search; `speed_feed` enables the
-    speed guard, which only makes sense where the host runs the target's own kernels (CPU).
+    speed guard, which only makes sense where the host runs the target's own kernels (CPU). It
+    times against `speed_baseline`, the fastest FP32 graph the build ships (for a transformer, the
+    fully fused one, not the graph quantization starts from), defaulting to `fp32_path`.
     """
     if preset.format != "qdq" and preset.activation_type.endswith("16"):
         raise UsageError(
@@ -207,14 +212,22 @@ def quantize_int8(
                 "evaluated_on": "evaluation set",
             }
             if speed_feed is not None:
+                reference = speed_baseline or fp32_path
                 chosen, guard = _speed_guard(
-                    prepped, chosen, result, requantize, evaluate, budget, speed_feed, method, label
+                    reference, prepped, chosen, result, requantize, evaluate, budget, speed_feed, method, label
                 )
-                if result.kept and result.all_quantized is not None and guard.get("ratio_all_quantized") is None:
-                    guard["ratio_all_quantized"] = round(time_ratio(prepped, result.all_quantized, speed_feed), 3)
+                if result.kept and result.all_quantized is not None:
+                    # what keeping tensors out of INT8 cost in time
+                    guard["ratio_all_quantized"] = round(time_ratio(reference, result.all_quantized, speed_feed), 3)
         else:
             method = settings.calibration_method
             chosen = requantize(method, {})
+        if keep_dir is not None and searched is not None:  # every model the search tried (benchmarks plot them)
+            for i, step in enumerate(searched["steps"]):
+                shutil.copyfile(tmp / step["file"], keep_dir / f"step{i:02d}.onnx")
+        if searched is not None:
+            for step in searched["steps"]:
+                step.pop("file")
         model = onnx.load(str(chosen))
         quantized, floating = float_compute_nodes(model)
         save_model(model, out_path)
@@ -238,9 +251,11 @@ def _feeds(data: Dataset, batch: int, n: int) -> list[dict[str, np.ndarray]]:
     return [{k: v[i * batch : (i + 1) * batch] for k, v in data.inputs.items()} for i in range(count)]
 
 
-def _speed_guard(prepped, chosen, result, requantize, evaluate, budget, feed, method, label) -> tuple[Path, dict]:
+def _speed_guard(
+    reference, prepped, chosen, result, requantize, evaluate, budget, feed, method, label
+) -> tuple[Path, dict]:
     """Time the chosen INT8 against FP32; down the op-type ladder while INT8 is more than 5% slower."""
-    ratio = time_ratio(prepped, chosen, feed)
+    ratio = time_ratio(reference, chosen, feed)
     record: dict = {"tolerance": TOLERANCE, "ratio": round(ratio, 3), "tried": [], "basis": "1 thread, host, p50 ratio"}
     log.info(f"[{label}] speed guard: INT8/FP32 time {ratio:.2f}")
     if ratio <= 1 + TOLERANCE:
@@ -257,7 +272,7 @@ def _speed_guard(prepped, chosen, result, requantize, evaluate, budget, feed, me
             model = keep_float(onnx.load(str(path)), kept)
             onnx.save(model, str(path))
         drop = evaluate(path)
-        r = time_ratio(prepped, path, feed)
+        r = time_ratio(reference, path, feed)
         record["tried"].append({"rung": rung, "ratio": round(r, 3), "drop": round(drop, 6), "ok": drop <= budget})
         log.info(f"[{label}] speed guard, {rung}: INT8/FP32 time {r:.2f}, drop {drop:.4f}")
         if drop <= budget and r < best[0]:

@@ -47,6 +47,9 @@ class QuantPreset(Strict):
     precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(
         default_factory=lambda: ["fp32", "int8"], description="Precisions this runtime can execute."
     )
+    transformer_op_types: list[str] | None = Field(
+        default=None, description="Op types to quantize in transformer graphs; null: same as op_types."
+    )
     fallback: Literal["float", "uint16"] = Field(
         default="float",
         description="Where the accuracy search puts a tensor INT8 cannot hold: float, or 16-bit for integer-only NPUs.",

@@ -26,12 +26,17 @@ HISTOGRAM_METHODS = {"entropy", "percentile", "distribution"}
 def activation_bytes(model_path: Path, feed: dict[str, np.ndarray]) -> int:
     """Bytes of every float activation for one query: what a calibrator holds per sample."""
     model = onnx.load(str(model_path))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph only means a smaller estimate
+        inferred = model
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
     have = {o.name for o in model.graph.output}
-    inits = {i.name for i in model.graph.initializer}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     for node in model.graph.node:
         for out in node.output:
-            if out and out not in have and out not in inits:
-                model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.UNDEFINED, None))
+            if out and out not in have and types.get(out) in floats:
+                model.graph.output.append(helper.make_tensor_value_info(out, types[out], None))
                 have.add(out)
     with tempfile.TemporaryDirectory(prefix="edgex-calib-") as tmp:
         path = Path(tmp) / "probe.onnx"

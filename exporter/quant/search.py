@@ -21,6 +21,7 @@ import onnx
 from exporter import log
 from exporter.quant.qdq_graph import activation_pairs, keep_float, sqnr_ranking
 
+_INTEGER_PRODUCERS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 # (method, {tensor: "uint16"}) -> path of a freshly quantized model
 Requantize = Callable[[str, dict[str, str]], Path]
 Evaluate = Callable[[Path], float]  # path -> accuracy drop (>= 0 is worse)
@@ -55,7 +56,15 @@ def search(
         path = requantize(method, {})
         drop = evaluate(path)
         tried[method] = (path, drop)
-        steps.append({"step": f"calibrate with {method}", "kept": 0, "drop": round(drop, 6), "ok": drop <= budget})
+        steps.append(
+            {
+                "step": f"calibrate with {method}",
+                "kept": 0,
+                "drop": round(drop, 6),
+                "ok": drop <= budget,
+                "file": path.name,
+            }
+        )
         log.info(f"[{label}] INT8 with {method} calibration: drop {drop:.4f} (budget {budget:g})")
         if drop <= budget:
             return SearchResult(path, method, drop, True, [], steps, path)
@@ -65,8 +74,14 @@ def search(
         return SearchResult(base_path, method, base_drop, False, [], steps, base_path)
 
     base = onnx.load(str(base_path))
-    ranked = sqnr_ranking(onnx.load(str(fp32)), activation_pairs(base), feeds)
-    candidates = [name for name, _ in ranked][:max_kept]
+    pairs = activation_pairs(base)
+    ranked = sqnr_ranking(onnx.load(str(fp32)), pairs, feeds)
+    # Cheap first: a matrix product's *output* kept in float leaves the product itself in integers
+    # (float-output kernel); its *input* kept in float makes the whole product float. Measured on
+    # MiniLM: SQNR order alone kept 5 GELU outputs and reached 1.12x; outputs first reach more.
+    cheap = {p.tensor for p in pairs if p.producer in _INTEGER_PRODUCERS}
+    candidates = [n for n, _ in ranked if n in cheap] + [n for n, _ in ranked if n not in cheap]
+    candidates = candidates[:max_kept]
     sqnr = dict(ranked)
     cache: dict[int, tuple[Path, float]] = {0: (base_path, base_drop)}
 
@@ -82,7 +97,15 @@ def search(
         drop = evaluate(path)
         cache[k] = (path, drop)
         verb = "raised to 16-bit" if fallback == "uint16" else "kept in float"
-        steps.append({"step": f"worst {k} tensor(s) {verb}", "kept": k, "drop": round(drop, 6), "ok": drop <= budget})
+        steps.append(
+            {
+                "step": f"worst {k} tensor(s) {verb}",
+                "kept": k,
+                "drop": round(drop, 6),
+                "ok": drop <= budget,
+                "file": path.name,
+            }
+        )
         log.info(f"[{label}] {k} tensor(s) {verb}: drop {drop:.4f}")
         return drop
 
@@ -109,5 +132,8 @@ def search(
         chosen_k = min(cache, key=lambda n: (cache[n][1], n))
     path, drop = cache[chosen_k]
     kept_as = "uint16" if fallback == "uint16" else "float"
-    kept = [{"tensor": t, "sqnr_db": round(sqnr[t], 2), "kept_as": kept_as} for t in candidates[:chosen_k]]
+    kept = [
+        {"tensor": t, "sqnr_db": round(sqnr[t], 2), "kept_as": kept_as, "cost": "low" if t in cheap else "high"}
+        for t in candidates[:chosen_k]
+    ]
     return SearchResult(path, method, drop, drop <= budget, kept, steps, base_path)

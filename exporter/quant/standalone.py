@@ -1,0 +1,122 @@
+"""`edgex quantize`: the quantize stage for users who already have an ONNX model.
+
+Same code path as a build (calibration checks, target preset, accuracy search, speed guard), with
+fidelity measured against the FP32 model's own outputs: mean cosine of the first output, so no
+labels are needed. Without --evaluation the calibration samples are reused and the result says
+it is an in-sample figure. The output file is written beside its destination and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from exporter.data import _read_npz, make_dataset, validate_arrays
+from exporter.errors import UsageError
+from exporter.measure import evaluate_outputs
+from exporter.metrics import cosine
+from exporter.onnx_io import check_onnx_file
+from exporter.profiles import DeviceProfile
+from exporter.quant.calibration import specs_from_model
+from exporter.recipe import Int4Settings, QuantizeSection
+from exporter.runtime import host_threads, make_session, run_all
+from exporter.targets import get_target
+
+
+def quantize_file(
+    model_path: Path,
+    profile: DeviceProfile,
+    calibration: Path,
+    out: Path,
+    precision: str = "int8",
+    method: str = "minmax",
+    samples: int = 128,
+    evaluation: Path | None = None,
+    max_drop: float | None = None,
+    seed: int = 0,
+) -> dict:
+    from exporter.quantize import quantize_int8
+
+    model = check_onnx_file(model_path)
+    target = get_target(profile.target)
+    target.refuse_precision(precision, model_path, profile.id)
+    specs = specs_from_model(model)
+    calib = make_dataset(
+        validate_arrays(_read_npz(calibration, calibration, "--calibration"), specs, calibration, "--calibration"), None
+    )
+    if evaluation is not None:
+        evald = make_dataset(
+            validate_arrays(_read_npz(evaluation, evaluation, "--evaluation"), specs, evaluation, "--evaluation"), None
+        )
+    else:
+        evald = calib
+    budget = max_drop if max_drop is not None else profile.budgets.max_accuracy_drop
+    deployed = target.execution_provider == "CPUExecutionProvider"
+    mode = "deployed" if deployed else "simulated"
+    threads = host_threads(2)
+    reference = run_all(make_session(model_path, threads), evald.inputs)
+
+    def drop_of(path: Path) -> float:
+        got = evaluate_outputs(path, evald.inputs, threads, path.name, mode)
+        return 1.0 - cosine(got[0], None, reference[0])
+
+    if out.exists() and out.is_dir():
+        raise UsageError(f"'{out}' is a folder", path=out, field="--out", fix="give a file name ending in .onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = specs[0].shape[0]
+    summary: dict = {"model": str(model_path), "profile": profile.id, "target": target.id, "precision": precision}
+    with tempfile.TemporaryDirectory(prefix=".edgex-quantize-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        if precision == "int8":
+            settings = QuantizeSection(calibration_method=method, calibration_samples=samples)
+            feed = {k: v[:batch] for k, v in evald.inputs.items()}
+            res = quantize_int8(
+                model_path,
+                staged,
+                calib,
+                settings,
+                target.quantization,
+                batch,
+                seed,
+                evaluate=drop_of,
+                budget=budget,
+                speed_feed=feed if deployed else None,
+                label=profile.id,
+            )
+            summary.update(
+                method=res.method,
+                calibration_samples=res.calibration_samples,
+                search=res.search,
+                speed_guard=res.speed_guard,
+                notes=res.notes,
+                quantized_nodes=res.quantized_nodes,
+                kept_in_float=res.float_nodes,
+            )
+        elif precision == "int4":
+            from exporter.quant.weight_only import quantize_int4
+
+            feeds = [
+                {k: v[i : i + batch] for k, v in calib.inputs.items()} for i in range(0, min(len(calib), 32), batch)
+            ]
+            summary["int4"] = quantize_int4(
+                model_path, staged, Int4Settings(), target.quantization.int4_format, feeds
+            ).settings
+        else:
+            from exporter.quant.fp16 import convert_fp16
+
+            summary["fp16"] = convert_fp16(model_path, staged)
+        drop = drop_of(staged)
+        os.replace(staged, out)
+    summary.update(
+        out=str(out),
+        cosine=round(1.0 - drop, 6),
+        drop=round(drop, 6),
+        budget=budget,
+        evaluated_on="evaluation file" if evaluation is not None else "calibration samples (in-sample)",
+        size_ratio=round(out.stat().st_size / model_path.stat().st_size, 4),
+        ok=bool(drop <= budget and np.isfinite(drop)),
+    )
+    return summary
