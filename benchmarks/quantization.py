@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -77,7 +78,13 @@ def peer_optimum_static(fp32: Path, work: Path, feeds) -> Path:
     model.write_bytes(fp32.read_bytes())
     config = AutoQuantizationConfig.avx512_vnni(is_static=True, per_channel=False)
     quantizer = ORTQuantizer.from_pretrained(folder, file_name="model.onnx")
-    calibration = AutoCalibrationConfig.minmax(None)  # the dataset argument is only recorded
+    # minmax() only records the dataset's name, split and size: describe ours without `datasets`.
+    described = SimpleNamespace(
+        info=SimpleNamespace(builder_name="pydoc-topics", config_name="calibration"),
+        split="calibration",
+        num_rows=len(feeds),
+    )
+    calibration = AutoCalibrationConfig.minmax(described)
     quantizer._calibrator = calibration.create_calibrator(
         onnx_model_path=model.as_posix(),
         augmented_model_name=(folder / "augmented.onnx").as_posix(),

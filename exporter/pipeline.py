@@ -208,8 +208,11 @@ def _quantize_for(
 ) -> QuantizeResult:
     r = ctx.loaded.recipe
     preset = target.quantization
+    if ctx.model.kind == "hf" and preset.transformer_op_types is not None:
+        preset = preset.model_copy(update={"op_types": preset.transformer_op_types})
     deployed = target.execution_provider == "CPUExecutionProvider"
-    settings = json.dumps([preset.model_dump(), r.quantize.model_dump(), budget, deployed], sort_keys=True)
+    static_fields = preset.model_dump(exclude={"precisions", "dynamic", "int4_format", "transformer_op_types"})
+    settings = json.dumps([static_fields, r.quantize.model_dump(), budget, deployed], sort_keys=True)
     key = ("int8", fp32.name, settings)
     if key not in cache:
         digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
@@ -220,8 +223,6 @@ def _quantize_for(
         )
         batch = ctx.inputs[0].shape[0]
         mode = "deployed" if deployed else "simulated"
-        if ctx.model.kind == "hf" and preset.transformer_op_types is not None:
-            preset = preset.model_copy(update={"op_types": preset.transformer_op_types})
         cache[key] = quantize_int8(
             fp32,
             work / f"int8-{digest}.onnx",

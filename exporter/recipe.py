@@ -167,6 +167,9 @@ class QuantizeSection(Strict):
         default=True, description="Also offer dynamic INT8 (per-channel weights) where the target runs it (CPU)."
     )
     search: SearchSettings = Field(default_factory=SearchSettings)
+    speed_guard: bool = Field(
+        default=True, description="On CPU targets, re-quantize fewer op types when INT8 is >5% slower than FP32."
+    )
     int4: Int4Settings = Field(default_factory=Int4Settings)
 
     @property

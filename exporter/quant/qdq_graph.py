@@ -52,6 +52,7 @@ def keep_float(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
     graph_outputs = {o.name for o in m.graph.output}
     drop: set[str] = set()
     rename: dict[str, str] = {}
+    outward: dict[str, str] = {}  # float tensor -> graph output name it now carries
     for n in m.graph.node:
         if n.op_type != "QuantizeLinear" or n.input[0] not in tensors:
             continue
@@ -60,15 +61,25 @@ def keep_float(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
             continue  # the quantized tensor itself is used: leave the pair
         for dq in readers:
             if dq.output[0] in graph_outputs:
-                continue
-            rename[dq.output[0]] = n.input[0]
+                outward[n.input[0]] = dq.output[0]
+            else:
+                rename[dq.output[0]] = n.input[0]
             drop.add(dq.output[0])
         drop.add(n.output[0])
     kept = [n for n in m.graph.node if n.output[0] not in drop]
+    for src, dst in outward.items():  # a graph output read back from Q/DQ: the float tensor takes its name
+        for k, name in list(rename.items()):
+            if name == src:
+                rename[k] = dst
+        rename[src] = dst
     for n in kept:
         for k, name in enumerate(n.input):
             if name in rename:
                 n.input[k] = rename[name]
+        for k, name in enumerate(n.output):
+            if name in outward:
+                n.output[k] = outward[name]
+    kept = _float_weights_where_inputs_float(m, kept)
     del m.graph.node[:]
     m.graph.node.extend(kept)
     used = {i for n in m.graph.node for i in n.input}
@@ -76,6 +87,57 @@ def keep_float(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
     del m.graph.initializer[:]
     m.graph.initializer.extend(inits)
     return m
+
+
+_WEIGHTED = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
+def _float_weights_where_inputs_float(m: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """A product whose activation input is now float gets float weights back (dequantized offline).
+
+    Otherwise onnxruntime runs DequantizeLinear(weight) -> MatMul as an 8-bit MatMulNBits with
+    float activations, which was measured 2-4x slower here than the plain FP32 product.
+    """
+    inits = {i.name: i for i in m.graph.initializer}
+    producer = {o: n for n in nodes for o in n.output}
+
+    def weight_dq(name: str) -> onnx.NodeProto | None:
+        p = producer.get(name)
+        return p if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits else None
+
+    drop: set[str] = set()
+    for n in nodes:
+        if n.op_type not in _WEIGHTED or not n.input:
+            continue
+        activation = producer.get(n.input[0])
+        if activation is not None and activation.op_type == "DequantizeLinear":
+            continue  # still an integer product
+        for k, name in enumerate(n.input[1:], start=1):
+            dq = weight_dq(name)
+            if dq is None:
+                continue
+            values = _dequantize(dq, inits)
+            restored = numpy_helper.from_array(values, f"{dq.input[0]}_float")
+            if restored.name not in inits:
+                m.graph.initializer.append(restored)
+                inits[restored.name] = restored
+            n.input[k] = restored.name
+            drop.add(dq.output[0])
+    still_read = {i for n in nodes for i in n.input}
+    return [n for n in nodes if not (n.output[0] in drop and n.output[0] not in still_read)]
+
+
+def _dequantize(dq: onnx.NodeProto, inits: dict) -> np.ndarray:
+    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+    zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if np.ndim(scale) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zp = np.reshape(zp, shape) if np.ndim(zp) == 1 else zp
+    return ((q - zp) * scale).astype(np.float32)
 
 
 def sqnr_ranking(
@@ -89,10 +151,13 @@ def sqnr_ranking(
     probe = onnx.ModelProto()
     probe.CopyFrom(fp32)
     have = {o.name for o in probe.graph.output}
-    names = [p.tensor for p in pairs if p.tensor not in have] + [p.tensor for p in pairs if p.tensor in have]
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    exists = have | {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
+    # The quantizer renames a quantized graph output X to X_QuantizeLinear_Input; read X in FP32.
+    source = {p.tensor: p.tensor.removesuffix("_QuantizeLinear_Input") for p in pairs}
+    pairs = [p for p in pairs if source[p.tensor] in exists]
+    names = [p.tensor for p in pairs]
+    for name in {source[n] for n in names} - have:
+        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     import tempfile
     from pathlib import Path
 
@@ -104,7 +169,7 @@ def sqnr_ranking(
         signal = dict.fromkeys(names, 0.0)
         by_name = {p.tensor: p for p in pairs}
         for feed in feeds:
-            for name, x in zip(names, session.run(names, feed), strict=True):
+            for name, x in zip(names, session.run([source[n] for n in names], feed), strict=True):
                 p = by_name[name]
                 x = np.asarray(x, dtype=np.float32)
                 qmin, qmax = _range(p.zero_point.dtype)
