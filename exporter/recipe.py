@@ -139,7 +139,7 @@ class Int4Settings(Strict):
     """Weight-only block-wise INT4 (MatMulNBits / GatherBlockQuantized, or QDQ int4 for QDQ targets)."""
 
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"
-    block_size: int = Field(default=32, ge=16, le=256, description="Power of two, 16..256.")
+    block_size: int = Field(default=16, ge=16, le=256, description="Power of two, 16..256; 16 measured best on MiniLM.")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=4, description="onnxruntime MatMulNBits compute type: 4 = int8 activations, 0 = unset (fp32)."
     )

@@ -94,6 +94,7 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
                 )
             else:
                 lines.append(f"| {v['name']} | — | — | — | {est.get('reason', 'not available')} | {interval} |")
+        lines += _quantization_lines(prof)
         lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
         for verdict in prof["verdicts"]:
             ok = {True: "pass", False: "**FAIL**", None: "not evaluated"}[verdict["ok"]]
@@ -154,3 +155,43 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _quantization_lines(prof: dict) -> list[str]:
+    """What the static INT8 search tried, what it kept out of INT8 and why, and what that cost."""
+    lines: list[str] = []
+    for v in prof["variants"]:
+        pb = v["produced_by"]
+        search = pb.get("search")
+        if not search:
+            continue
+        met = "met" if search["met"] else "**not met**"
+        lines += [
+            "",
+            f"Static INT8 search for `{v['name']}` ({pb['calibration_method']} calibration kept; accuracy budget "
+            f"{search['budget']:g}, {met}; judged on the {search['evaluated_on']}):",
+            "",
+            "| step | tensors out of INT8 | drop | within budget |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {s['step']} | {s['kept']} | {s['drop']:.4f} | {_fmt(s['ok'])} |" for s in search["steps"]]
+        for k in search["kept_out_of_int8"]:
+            why = (
+                "matrix-product output, integer product kept" if k.get("cost") == "low" else "makes its consumer float"
+            )
+            lines.append(f"- kept as {k['kept_as']}: `{k['tensor']}` (INT8 SQNR {k['sqnr_db']} dB; {why})")
+        guard = pb.get("speed_guard")
+        if guard:
+            cost = ""
+            if guard.get("ratio_all_quantized") is not None:
+                cost = f"; with every tensor in INT8 it was {guard['ratio_all_quantized']:.2f}x FP32's time"
+            lines.append(
+                f"- speed guard (1 thread): INT8 takes {guard['ratio']:.2f}x FP32's time{cost}. {guard['verdict']}"
+            )
+            for rung in guard["tried"]:
+                lines.append(f"  - tried {rung['rung']}: {rung['ratio']}x time, drop {rung['drop']:.4f}")
+        for note in pb.get("notes") or []:
+            lines.append(f"- {note}")
+        if pb.get("excluded_nodes"):
+            lines.append(f"- nodes onnxruntime could not quantize, kept in float: {', '.join(pb['excluded_nodes'])}")
+    return lines

@@ -27,7 +27,8 @@ def test_manifest_contract(tiny_build):
     for prof in m["profiles"]:
         assert {"id", "target", "deliverable", "variants", "verdicts", "ok"} <= set(prof)
         names = [v["name"] for v in prof["variants"]]
-        assert names == ["baseline", "int8"]
+        # CPU runtimes are offered dynamic INT8 beside the static artifact; NPUs take static only
+        assert names == (["baseline", "int8", "int8-dynamic"] if prof["target"] == "cpu" else ["baseline", "int8"])
         assert prof["deliverable"] in names
         for v in prof["variants"]:
             assert VARIANT_KEYS <= set(v)
@@ -39,6 +40,10 @@ def test_manifest_contract(tiny_build):
                 assert {"budget", "limit", "value", "ok"} <= set(verdict)
         int8 = prof["variants"][1]
         assert int8["parent"] == "baseline" and int8["produced_by"]["step"] == "quantize"
+        search = int8["produced_by"]["search"]
+        assert search["steps"] and search["met"] is (int8["metric"]["drop"] <= search["budget"] + 1e-9)
+        guard = int8["produced_by"]["speed_guard"]
+        assert (guard is not None) is (prof["target"] == "cpu")  # only where the host runs the target's kernels
         assert prof["variants"][0]["produced_by"]["parity"]["ok"] is True
         # energy is judged on the device estimate, and says so
         energy = [x for x in prof["verdicts"] if x["budget"] == "energy_mj"]
@@ -101,7 +106,7 @@ def test_rebuild_is_byte_identical(tiny_build, tmp_path):
     assert proc.returncode == 0, proc.stderr
     first = {f["path"]: f["sha256"] for f in tiny_build["manifest"]["files"] if f["path"].endswith(".onnx")}
     second = {f["path"]: f["sha256"] for f in json.loads(proc.stdout)["files"] if f["path"].endswith(".onnx")}
-    assert first == second and len(first) == 4
+    assert first == second and len(first) == 5
 
 
 def test_impossible_budget_exits_1_and_still_writes(tmp_path):

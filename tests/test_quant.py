@@ -352,3 +352,23 @@ def test_cli_quantize_bad_inputs_exit_2_with_one_line(models, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "cannot run fp16" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_build_offers_fp16_and_int8_variants_and_refuses_what_a_target_cannot_run(tmp_path):
+    from conftest import write_tiny_project
+
+    recipe = write_tiny_project(
+        tmp_path / "p",
+        profiles=["jetson-orin-nano-tensorrt"],
+        quantize={"precision": ["int8", "fp16"], "calibration_samples": 8},
+    )
+    proc = run_cli("build", str(recipe), "--json")
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    prof = json.loads(proc.stdout)["profiles"][0]
+    by_name = {v["name"]: v for v in prof["variants"]}
+    assert list(by_name) == ["baseline", "int8", "fp16"]
+    assert by_name["fp16"]["artifact"]["precision"] == "fp16" and by_name["fp16"]["metric"]["drop"] < 0.001
+    assert by_name["int8"]["produced_by"]["search"]["steps"]
+    refused = write_tiny_project(tmp_path / "q", profiles=["snapdragon-7s-gen2-nnapi"], quantize={"precision": "int4"})
+    proc = run_cli("validate", str(refused))
+    assert proc.returncode == 2 and "cannot run int4" in proc.stderr and "quantize.precision" in proc.stderr
