@@ -191,14 +191,24 @@ def _export_for(ctx: Context, target: Target, work: Path, cache: dict, fusion: s
     return cache[key]
 
 
-def _evaluator(ctx: Context, mode: str, threads: int):
-    """path -> accuracy drop on the evaluation set, computed as the target's runtime computes it."""
+def _evaluator(ctx: Context, mode: str, threads: int, samples: int | None = None):
+    """path -> accuracy drop on the evaluation set (or a seeded subset of it), computed as the
+    target's runtime computes it; the subset's FP32 metric is the baseline of its drops."""
     from exporter.measure import evaluate_outputs
 
+    n = len(ctx.evaluation)
+    idx = (
+        np.arange(n) if samples is None or samples >= n else np.sort(np.random.default_rng(0).choice(n, samples, False))
+    )
+    inputs = {k: v[idx] for k, v in ctx.evaluation.inputs.items()}
+    labels = None if ctx.evaluation.labels is None else ctx.evaluation.labels[idx]
+    reference = ctx.reference[0][idx]
+    baseline = float(ctx.metric_fn(reference, labels, reference))
+
     def evaluate(path: Path) -> float:
-        out = evaluate_outputs(path, ctx.evaluation.inputs, threads, path.stem, mode)
-        value = float(ctx.metric_fn(out[0], ctx.evaluation.labels, ctx.reference[0]))
-        return accuracy_drop(ctx.baseline_metric, value, ctx.higher_is_better)
+        out = evaluate_outputs(path, inputs, threads, path.stem, mode)
+        value = float(ctx.metric_fn(out[0], labels, reference))
+        return accuracy_drop(baseline, value, ctx.higher_is_better)
 
     return evaluate
 
@@ -231,7 +241,7 @@ def _quantize_for(
             preset,
             batch,
             r.seed,
-            evaluate=_evaluator(ctx, mode, host_threads(2)),
+            evaluate=_evaluator(ctx, mode, host_threads(2), r.quantize.search.samples),
             budget=budget,
             # The speed guard times host kernels: meaningful only where the host runs the target's own.
             speed_feed=_feed(ctx) if deployed else None,

@@ -209,7 +209,8 @@ def quantize_int8(
                 "drop": round(result.drop, 6),
                 "kept_out_of_int8": result.kept,
                 "steps": result.steps,
-                "evaluated_on": "evaluation set",
+                "evaluated_on": "evaluation set"
+                + (f" ({settings.search.samples}-sample subset)" if settings.search.samples else ""),
             }
             if speed_feed is not None and settings.speed_guard:
                 reference = speed_baseline or fp32_path
@@ -303,16 +304,20 @@ def depthwise_convs(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-_BIAS_FAILURE = re.compile(r"when quantizing bias '([^']+)'")
+_BIAS_FAILURE = re.compile(r"(?:for input '([^']+)' )?when quantizing bias '([^']+)'")
 
 
 def _bias_failure_node(model_path: Path, message: str) -> str | None:
-    """The node whose bias onnxruntime failed to quantize, or None for any other failure."""
+    """The node whose bias onnxruntime failed to quantize, or None for any other failure.
+
+    Identical initializers may be shared (a LayerNorm bias and a Gemm bias with equal values), so
+    the node must read both the failing input and the bias."""
     found = _BIAS_FAILURE.search(message)
     if not found:
         return None
+    wanted = {t for t in found.groups() if t}
     model = onnx.load(str(model_path), load_external_data=False)
-    return next((n.name for n in model.graph.node if found.group(1) in n.input and n.name), None)
+    return next((n.name for n in model.graph.node if wanted <= set(n.input) and n.name), None)
 
 
 def _quantize_once(

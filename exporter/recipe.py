@@ -133,6 +133,9 @@ class SearchSettings(Strict):
         description="Tried in order after calibration_method, each a full calibration; the best is kept.",
     )
     max_kept: int = Field(default=32, ge=0, le=4096, description="Most tensors kept in float (or 16-bit).")
+    samples: int | None = Field(
+        default=None, ge=1, description="Evaluation samples each search step is judged on (seeded subset); null: all."
+    )
 
 
 class Int4Settings(Strict):

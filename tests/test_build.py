@@ -78,7 +78,8 @@ def test_int8_is_real_qdq_with_the_target_preset(tiny_build):
     for profile, act, weight in (("raspberry-pi-5-cpu", 2, 3), ("sa8295p-qnn", 2, 2)):  # onnx: UINT8=2, INT8=3
         model = onnx.load(str(out / profile / "int8.onnx"))
         ops = [n.op_type for n in model.graph.node]
-        assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 5
+        # >= 3: the speed guard may keep only the matrix ops in INT8 on CPU (input, weight and bias of the head)
+        assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 3
         weight_types = {i.data_type for i in model.graph.initializer if i.name.endswith("_quantized")}
         assert weight in weight_types
         zero_points = {i.data_type for i in model.graph.initializer if i.name.endswith("_zero_point")}
@@ -193,7 +194,7 @@ def test_lower_is_better_custom_metric(tmp_path):
     )
     proc = run_cli("-q", "build", str(recipe), "--json")
     assert proc.returncode == 0, proc.stderr
-    base, int8 = json.loads(proc.stdout)["profiles"][0]["variants"]
+    base, int8 = json.loads(proc.stdout)["profiles"][0]["variants"][:2]
     assert base["metric"]["value"] == 0.0 and int8["metric"]["value"] > 0
     assert int8["metric"]["drop"] == pytest.approx(int8["metric"]["value"])  # worse = positive drop
 
