@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from exporter import log  # noqa: E402
 from exporter.bench.estimate import host_ceilings  # noqa: E402
 from exporter.pipeline import _evaluator, _export_for, prepare  # noqa: E402
+from exporter.quant.calibration import FeedReader, batches  # noqa: E402
 from exporter.quant.dynamic import quantize_dynamic_int8  # noqa: E402
 from exporter.quant.weight_only import quantize_int4  # noqa: E402
 from exporter.quantize import quantize_int8  # noqa: E402
@@ -40,31 +41,15 @@ from exporter.targets import get_target  # noqa: E402
 from exporter.versions import host_facts, tool_versions  # noqa: E402
 
 
-class _Reader:
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds, self.it = feeds, iter(feeds)
-
-    def get_next(self):
-        return next(self.it, None)
-
-    def rewind(self) -> None:
-        self.it = iter(self.feeds)
-
-
 def _quiet(fn, *args, **kwargs):
-    import logging
-
-    logging.disable(logging.WARNING)
-    try:
+    with log.quiet_libraries():
         return fn(*args, **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def peer_ort_default(fp32: Path, out: Path, feeds) -> Path:
     from onnxruntime.quantization import quantize_static
 
-    _quiet(quantize_static, str(fp32), str(out), _Reader(feeds))
+    _quiet(quantize_static, str(fp32), str(out), FeedReader(feeds))
     return out
 
 
@@ -90,7 +75,7 @@ def peer_optimum_static(fp32: Path, work: Path, feeds) -> Path:
         augmented_model_name=(folder / "augmented.onnx").as_posix(),
         operators_to_quantize=config.operators_to_quantize,
     )
-    quantizer._calibrator.collect_data(_Reader(feeds))
+    quantizer._calibrator.collect_data(FeedReader(feeds))
     ranges = quantizer.compute_ranges()
     _quiet(quantizer.quantize, config, save_dir=folder / "out", calibration_tensors_range=ranges)
     return folder / "out" / "model_quantized.onnx"
@@ -125,7 +110,7 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
     evaluate = _evaluator(ctx, "deployed", 2)
     batch = ctx.inputs[0].shape[0]
     calib = ctx.calibration.take(ctx.loaded.recipe.quantize.calibration_samples, 0)
-    feeds = [{k: v[i : i + batch] for k, v in calib.inputs.items()} for i in range(len(calib))]
+    feeds = batches(calib.inputs, batch)
     feed = {s.name: ctx.evaluation.inputs[s.name][:batch] for s in ctx.inputs}
 
     rows: list[dict] = []
@@ -215,9 +200,7 @@ def mobilenet(work: Path) -> list[dict]:
 
     prepped = work / "mnv3-pre.onnx"
     quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-    _quiet(
-        quantize_static, str(prepped), str(default), _Reader([{"x": data.inputs["x"][i : i + 1]} for i in range(16)])
-    )
+    _quiet(quantize_static, str(prepped), str(default), FeedReader(batches(data.inputs, 1, 16)))
     rows.append({"name": "peer: onnxruntime quantize_static defaults (S8S8)", "path": default})
     plain = work / "mnv3-cpu-preset.onnx"
     quantize_int8(fp32, plain, data, QuantizeSection(calibration_samples=16), target.quantization, 1, 0)

@@ -26,6 +26,22 @@ def debug(msg: str) -> None:
 
 
 @contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence Python logging (WARNING and below) while a library call runs.
+
+    onnxruntime.quantization and onnxruntime.transformers log every tensor they leave in float and
+    every fusion, under many logger names; what matters is counted afterwards and reported.
+    """
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@contextmanager
 def stdout_to_stderr(discard: bool = False) -> Iterator[None]:
     """Send anything third-party code prints (Python or native) to stderr, or nowhere, while it runs.
 

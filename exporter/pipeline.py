@@ -29,6 +29,7 @@ from exporter.manifest import build_manifest, write_manifest
 from exporter.measure import measure_variants
 from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
 from exporter.profiles import DeviceProfile, get_profiles
+from exporter.quant.calibration import batches
 from exporter.quant.dynamic import quantize_dynamic_int8
 from exporter.quant.fp16 import convert_fp16
 from exporter.quant.weight_only import quantize_int4
@@ -400,11 +401,7 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
         if key not in cache:
             log.info(f"[{label}] quantize INT4 weights ({s4.algorithm}, block {s4.block_size}) for {target.id}")
             path = work / f"int4-{hashlib.sha256(repr(key).encode()).hexdigest()[:10]}.onnx"
-            batch = ctx.inputs[0].shape[0]
-            feeds = [
-                {k: v[i : i + batch] for k, v in ctx.calibration.inputs.items()}
-                for i in range(0, min(len(ctx.calibration), 32 * batch) - batch + 1, batch)
-            ]
+            feeds = batches(ctx.calibration.inputs, ctx.inputs[0].shape[0], 32)  # GPTQ's calibration
             res = quantize_int4(source, path, s4, target.quantization.int4_format, feeds)
             cache[key] = (path, {"step": "quantize", "precision": "int4", **res.settings, "nodes": res.quantized})
         path, info = cache[key]

@@ -7,7 +7,6 @@ never left silent.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import tempfile
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnxruntime.quantization import (
-    CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
@@ -30,7 +28,7 @@ from exporter import log
 from exporter.data import Dataset
 from exporter.errors import UsageError
 from exporter.onnx_io import save_model
-from exporter.quant.calibration import bounded_samples
+from exporter.quant.calibration import FeedReader, batches, bounded_samples
 from exporter.quant.qdq_graph import keep_float
 from exporter.quant.search import Evaluate, search
 from exporter.quant.speed import LADDER, TOLERANCE, time_ratio
@@ -66,21 +64,6 @@ _LAYOUT_OPS = {
     "Split",
     "Cast",
 }
-
-
-class _Reader(CalibrationDataReader):
-    """Feeds calibration samples one at a time in the model's own batch size."""
-
-    def __init__(self, inputs: dict[str, np.ndarray], batch: int):
-        n = len(next(iter(inputs.values())))
-        self._feeds = [{k: v[i : i + batch] for k, v in inputs.items()} for i in range(0, n - batch + 1, batch)]
-        self._it = iter(self._feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._feeds)
 
 
 @dataclass(frozen=True)
@@ -150,10 +133,18 @@ def quantize_int8(
         methods = [settings.calibration_method] + [
             m for m in settings.search.calibration_methods if m != settings.calibration_method
         ]
-        samples = {m: bounded_samples(prepped, sample, m, settings.calibration_memory_mb, batch, seed) for m in methods}
-        for _used, note in samples.values():
-            if note:
-                notes.append(note)
+        samples: dict[str, Dataset] = {}
+
+        def data_for(method: str) -> Dataset:
+            """Calibration samples `method` can hold; measured only when the method is first used."""
+            if method not in samples:
+                samples[method], note = bounded_samples(
+                    prepped, sample, method, settings.calibration_memory_mb, batch, seed
+                )
+                if note:
+                    notes.append(note)
+            return samples[method]
+
         excluded: dict[str, str] = {}
         counter = iter(range(10_000))
 
@@ -161,7 +152,7 @@ def quantize_int8(
             method: str, overrides: dict[str, str], op_types: list[str] | None = None, exclude: tuple[str, ...] = ()
         ) -> Path:
             out = tmp / f"int8-{next(counter)}.onnx"
-            data = samples[method][0]
+            data = data_for(method)
             while True:
                 try:
                     _quantize_once(
@@ -188,7 +179,7 @@ def quantize_int8(
         searched: dict | None = None
         guard: dict | None = None
         if evaluate is not None and budget is not None and settings.search.enabled:
-            feeds = _feeds(sample, batch, 8)
+            feeds = batches(sample.inputs, batch, 8)
             fallback = "uint16" if preset.fallback == "uint16" else "float"
             result = search(
                 requantize,
@@ -196,7 +187,7 @@ def quantize_int8(
                 prepped,
                 feeds,
                 budget,
-                methods if settings.search.enabled else methods[:1],
+                methods,
                 fallback,
                 settings.search.max_kept,
                 tmp,
@@ -234,8 +225,8 @@ def quantize_int8(
         save_model(model, out_path)
     return QuantizeResult(
         path=out_path,
-        calibration_samples=len(samples[method][0]),
-        calibration_digest=samples[method][0].digest,
+        calibration_samples=len(samples[method]),
+        calibration_digest=samples[method].digest,
         method=method,
         preset=preset.model_dump(),
         quantized_nodes=quantized,
@@ -245,11 +236,6 @@ def quantize_int8(
         search=searched,
         speed_guard=guard,
     )
-
-
-def _feeds(data: Dataset, batch: int, n: int) -> list[dict[str, np.ndarray]]:
-    count = min(len(data) // batch, n)
-    return [{k: v[i * batch : (i + 1) * batch] for k, v in data.inputs.items()} for i in range(count)]
 
 
 def _speed_guard(
@@ -332,16 +318,13 @@ def _quantize_once(
     overrides: dict[str, str],
     op_types: list[str] | None,
 ) -> None:
-    root = logging.getLogger()
-    level = root.level
-    # onnxruntime.quantization logs every tensor it leaves in float on the root logger; the
-    # same facts are counted afterwards and reported per variant as `kept_in_float`.
-    root.setLevel(logging.ERROR)
-    try:
+    # onnxruntime.quantization logs every tensor it leaves in float; the same facts are counted
+    # afterwards and reported per variant as `kept_in_float`.
+    with log.quiet_libraries():
         quantize_static(
             str(prepped),
             str(raw),
-            _Reader(sample.inputs, batch),
+            FeedReader(batches(sample.inputs, batch)),
             quant_format=QuantFormat.QDQ if preset.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=op_types or preset.op_types,
             per_channel=preset.per_channel,
@@ -362,5 +345,3 @@ def _quantize_once(
                 "TensorQuantOverrides": {t: [{"quant_type": _QUANT_TYPES[q]}] for t, q in overrides.items()},
             },
         )
-    finally:
-        root.setLevel(level)

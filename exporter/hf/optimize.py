@@ -8,12 +8,12 @@ graph stays unfused rather than falling back to the CPU op by op.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
 import onnx
 
+from exporter import log
 from exporter.onnx_io import save_model
 from exporter.recipe import InputSpec
 
@@ -55,15 +55,10 @@ def fuse(path: Path, model_type: str, for_int8: bool = False) -> tuple[onnx.Mode
         options.enable_gelu = False
         options.enable_bias_gelu = False
 
-    # The optimizer's modules log every fusion at INFO/WARNING under many names; what matters is
-    # returned as statistics and reported, so silence them for the call.
-    logging.disable(logging.WARNING)
-    try:
+    with log.quiet_libraries():  # it logs every fusion; the counts are returned and reported
         opt = optimize_model(
             str(path), model_type=kind, num_heads=0, hidden_size=0, use_gpu=False, optimization_options=options
         )
-    finally:
-        logging.disable(logging.NOTSET)
     stats = {k: v for k, v in sorted(opt.get_fused_operator_statistics().items()) if v}
     return opt.model, stats
 

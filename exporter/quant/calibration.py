@@ -23,6 +23,26 @@ from exporter.runtime import make_session
 HISTOGRAM_METHODS = {"entropy", "percentile", "distribution"}
 
 
+def batches(inputs: dict[str, np.ndarray], batch: int, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Whole queries in the model's own batch size (a ragged tail is dropped), at most `limit`."""
+    n = len(next(iter(inputs.values())))
+    starts = range(0, n - batch + 1, batch)
+    return [{k: v[i : i + batch] for k, v in inputs.items()} for i in list(starts)[:limit]]
+
+
+class FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds, self._it = feeds, iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
 def activation_bytes(model_path: Path, feed: dict[str, np.ndarray]) -> int:
     """Bytes of every float activation for one query: what a calibrator holds per sample."""
     model = onnx.load(str(model_path))

@@ -8,18 +8,16 @@ the deliverable is still chosen by the budgets.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from exporter import log
+
 
 def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with log.quiet_libraries():
         quantize_dynamic(
             str(fp32_path),
             str(out_path),
@@ -27,6 +25,4 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> dict:
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    finally:
-        root.setLevel(level)
     return {"format": "dynamic", "weight_type": "int8", "per_channel": True}

@@ -9,7 +9,9 @@ kernel with a float output (QGemm / MatMulIntegerToFloat on onnxruntime CPU).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -158,9 +160,6 @@ def sqnr_ranking(
     names = [p.tensor for p in pairs]
     for name in {source[n] for n in names} - have:
         probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory(prefix="edgex-sqnr-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(probe, str(path))

@@ -20,7 +20,7 @@ from exporter.measure import evaluate_outputs
 from exporter.metrics import cosine
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
-from exporter.quant.calibration import specs_from_model
+from exporter.quant.calibration import batches, specs_from_model
 from exporter.recipe import Int4Settings, QuantizeSection
 from exporter.runtime import host_threads, make_session, run_all
 from exporter.targets import get_target
@@ -98,9 +98,7 @@ def quantize_file(
         elif precision == "int4":
             from exporter.quant.weight_only import quantize_int4
 
-            feeds = [
-                {k: v[i : i + batch] for k, v in calib.inputs.items()} for i in range(0, min(len(calib), 32), batch)
-            ]
+            feeds = batches(calib.inputs, batch, 32)
             summary["int4"] = quantize_int4(
                 model_path, staged, Int4Settings(), target.quantization.int4_format, feeds
             ).settings

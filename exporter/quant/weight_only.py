@@ -11,7 +11,6 @@ express a quantized Gather in QDQ, so there the embeddings stay float and the re
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,10 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
     MatMulNBitsQuantizer,
 )
 
+from exporter import log
 from exporter.errors import UsageError
 from exporter.onnx_io import save_model
+from exporter.quant.calibration import FeedReader
 from exporter.recipe import Int4Settings
 
 
@@ -36,17 +37,6 @@ class Int4Result:
     settings: dict
     quantized: dict[str, int] = field(default_factory=dict)
     kept_float: list[str] = field(default_factory=list)
-
-
-class _Feeds:
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self._feeds, self._it = feeds, iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._feeds)
 
 
 def quantize_int4(
@@ -74,7 +64,7 @@ def quantize_int4(
         config = HQQWeightOnlyQuantConfig(block_size=settings.block_size, bits=4, op_types_to_quantize=op_types)
     elif settings.algorithm == "gptq":
         config = GPTQWeightOnlyQuantConfig(
-            calibration_data_reader=_Feeds(feeds), block_size=settings.block_size, op_types_to_quantize=op_types
+            calibration_data_reader=FeedReader(feeds), block_size=settings.block_size, op_types_to_quantize=op_types
         )
     else:
         config = DefaultWeightOnlyQuantConfig(
@@ -92,11 +82,8 @@ def quantize_int4(
         )
         passes = [(config, ("MatMul",)), (gather, ("Gather",))]
         config.op_types_to_quantize = {"MatMul"}
-    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     out = model
-    try:
+    with log.quiet_libraries():
         for algo, types in passes:
             q = MatMulNBitsQuantizer(
                 out,
@@ -109,8 +96,6 @@ def quantize_int4(
             )
             q.process()
             out = q.model.model
-    finally:
-        quiet.setLevel(level)
     save_model(out, out_path)
     counts: dict[str, int] = {}
     for n in out.graph.node:
