@@ -16,8 +16,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -qq -e '.[all]'
 	touch $(STAMP)
 
+# Exit 1 means a budget was missed on this host (e.g. a p99.9 tail hit by a noisy neighbour): the
+# release and its report are written and say so, which is what the demo shows. Exit 2/3 still fail.
 demo: $(STAMP)
-	$(BIN)/edgex build examples/digits.yaml --out build/digits
+	@$(BIN)/edgex build examples/digits.yaml --out build/digits; code=$$?; \
+	if [ $$code -eq 1 ]; then echo "demo: a budget was missed on this host; see build/digits/report.md"; \
+	elif [ $$code -ne 0 ]; then exit $$code; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests benchmarks examples
