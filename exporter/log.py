@@ -15,6 +15,11 @@ def set_verbosity(level: int) -> None:
     _level = level
 
 
+def enabled() -> bool:
+    """Whether progress (bars, per-epoch lines) should be shown."""
+    return _level >= 1
+
+
 def info(msg: str) -> None:
     if _level >= 1:
         print(msg, file=sys.stderr, flush=True)

@@ -45,6 +45,7 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
             "baseline": round(ctx.baseline_metric, 6),
             "baseline_of": "the source model in FP32 (PyTorch or the given ONNX)",
         },
+        "compression": {c.record["cache"]["key"][:12]: c.record for c in getattr(ctx, "compressed", {}).values()},
         "profiles": profiles,
         "ok": all(p["ok"] for p in profiles),
         "files": file_entries(root),

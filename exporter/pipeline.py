@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class Context:
     higher_is_better: bool
     baseline_metric: float
     shapes: dict = field(default_factory=dict, repr=False)  # (batch, seq) -> Context, per-profile shapes
+    compressed: dict = field(default_factory=dict, repr=False)  # (align, latency) -> compress.Compressed
 
 
 def _reference(ctx: Context) -> Context:
@@ -150,6 +152,10 @@ def prepare(
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
     ctx = Context(loaded, chosen, calibration, evaluation, model, inputs, [], metric_name, metric_fn, higher, 0.0)
+    if r.compress:
+        from exporter.compress import check_steps
+
+        check_steps(ctx)
     return _reference(ctx) if with_reference else ctx
 
 
@@ -158,19 +164,22 @@ def _feed(ctx: Context) -> dict[str, np.ndarray]:
     return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
 
 
-def _export_for(ctx: Context, target: Target, work: Path, cache: dict, fusion: str = "full") -> tuple[Path, dict]:
+def _export_for(
+    ctx: Context, target: Target, work: Path, cache: dict, fusion: str = "full", tag: str = "baseline"
+) -> tuple[Path, dict]:
     """fusion: "full" (the fastest FP32 graph), "for-int8" (static INT8 input: see hf.optimize.fuse) or
-    "none" (INT4 input); only transformers on targets that run contrib ops are fused at all."""
+    "none" (INT4 input); only transformers on targets that run contrib ops are fused at all.
+    tag names the model exported (the source model, or a compressed one)."""
     r = ctx.loaded.recipe
     static = target.static_shapes
     fuse = ctx.model.kind == "hf" and target.contrib_ops and fusion != "none"
     for_int8 = fusion == "for-int8"
     dims = "x".join(str(d) for d in ctx.inputs[0].shape)
-    key = ("export", target.opset.export, static, fuse, for_int8, dims)
+    key = ("export", tag, target.opset.export, static, fuse, for_int8, dims)
     if key not in cache:
         shapes = "static" if static else "dynamic"
-        tag = ("-fused-for-int8" if for_int8 else "-fused") if fuse else ""
-        path = work / f"baseline-op{target.opset.export}-{shapes}-{dims}{tag}.onnx"
+        suffix = ("-fused-for-int8" if for_int8 else "-fused") if fuse else ""
+        path = work / f"{tag}-op{target.opset.export}-{shapes}-{dims}{suffix}.onnx"
         log.info(
             f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes"
             f"{(', fused for INT8' if for_int8 else ', fused') if fuse else ''})"
@@ -343,18 +352,78 @@ def _choose_deliverable(variants: list[dict], target: Target) -> dict:
     return min(variants, key=shortfall)
 
 
-def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str) -> dict[str, tuple]:
-    """name -> (file, precision, produced_by, parent), in lineage order."""
+def _strictest_alignment(ctx: Context) -> int:
+    align = 1
+    for profile in ctx.profiles:
+        align = math.lcm(align, get_target(profile.target).channel_multiple)
+    return align
+
+
+def compressed_for(ctx: Context, profile: DeviceProfile):
+    """The recipe's compression for this profile: once per recipe (aligned to the strictest target
+    of its profiles), or per profile when a prune step aims at the profile's latency budget."""
+    from exporter.compress import compress, per_profile
+
+    r = ctx.loaded.recipe
+    if not r.compress:
+        return None
+    latency = None
+    align = _strictest_alignment(ctx)
+    if per_profile(r):
+        align = get_target(profile.target).channel_multiple
+        pct = profile.budgets.latency.percentile
+        latency = {
+            "budget_ms": profile.budgets.latency.max_ms,
+            "percentile": pct,
+            "threads": host_threads(profile.threads),
+        }
+    explicit = [s.prune.align for s in r.compress if s.prune is not None and s.prune.align]
+    align = explicit[0] if explicit else align
+    key = (align, json.dumps(latency, sort_keys=True), tuple(tuple(i.shape) for i in ctx.inputs))
+    if key not in ctx.compressed:
+        ctx.compressed[key] = compress(ctx, align, latency)
+    return ctx.compressed[key]
+
+
+def _student_ctx(ctx: Context, compressed, cache: dict) -> Context:
+    """The context to export the compressed model with: its own PyTorch outputs are its parity
+    reference (quality is still judged against the source model's)."""
+    from exporter.export import torch_reference
+
+    key = ("student-reference", compressed.record["cache"]["key"], tuple(ctx.inputs[0].shape))
+    if key not in cache:
+        cache[key] = torch_reference(compressed.model.module, ctx.evaluation.inputs, ctx.inputs)
+    return dataclasses.replace(ctx, model=compressed.model, reference=cache[key], shapes={}, compressed={})
+
+
+def _artifacts(
+    ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str, compressed=None
+) -> dict[str, tuple]:
+    """name -> (file, precision, produced_by, parent), in lineage order. With compression, the
+    quantized variants are made from the compressed model (parent `compressed`)."""
     r = ctx.loaded.recipe
     fp32_work, export_info = _export_for(ctx, target, work, cache)
     artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
+    qctx, parent, tag = ctx, "baseline", "baseline"
+    if compressed is not None:
+        tag = f"compressed-{compressed.record['cache']['key'][:10]}"
+        qctx = _student_ctx(ctx, compressed, cache)
+        fp32_work, info = _export_for(qctx, target, work, cache, tag=tag)
+        produced_by = {
+            "step": "compress",
+            "steps": [s["step"] for s in compressed.record["steps"]],
+            "cache_key": compressed.record["cache"]["key"],
+            **info,
+        }
+        artifacts["compressed"] = (fp32_work, "fp32", produced_by, "baseline")
+        parent = "compressed"
     if not r.quantize.enabled:
         return artifacts
     precisions = r.quantize.precisions
     if "int8" in precisions:
         source = fp32_work
         if ctx.model.kind == "hf" and target.contrib_ops:
-            source, _ = _export_for(ctx, target, work, cache, fusion="for-int8")
+            source, _ = _export_for(qctx, target, work, cache, fusion="for-int8", tag=tag)
         q = _quantize_for(ctx, target, source, work, cache, budget, label, fp32_work)
         produced_by = {"step": "quantize", "precision": "int8", "input_graph": source.name}
         produced_by.update(
@@ -383,7 +452,7 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
                 "speed_guard": q.speed_guard,
             }
         )
-        artifacts["int8"] = (q.path, "int8", produced_by, "baseline")
+        artifacts["int8"] = (q.path, "int8", produced_by, parent)
         if r.quantize.dynamic and target.quantization.dynamic:
             key = ("int8-dynamic", fp32_work.name)
             if key not in cache:
@@ -391,11 +460,11 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
                 path = work / f"int8-dynamic-{fp32_work.stem}.onnx"
                 cache[key] = (path, quantize_dynamic_int8(fp32_work, path))
             path, info = cache[key]
-            artifacts["int8-dynamic"] = (path, "int8", {"step": "quantize", "precision": "int8", **info}, "baseline")
+            artifacts["int8-dynamic"] = (path, "int8", {"step": "quantize", "precision": "int8", **info}, parent)
     if "int4" in precisions:
         source = fp32_work
         if ctx.model.kind == "hf":  # MatMulNBits and GatherBlockQuantized need the plain MatMul/Gather graph
-            source, _ = _export_for(ctx, target, work, cache, fusion="none")
+            source, _ = _export_for(qctx, target, work, cache, fusion="none", tag=tag)
         s4 = r.quantize.int4
         key = ("int4", source.name, s4.model_dump_json(), target.quantization.int4_format)
         if key not in cache:
@@ -405,7 +474,7 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
             res = quantize_int4(source, path, s4, target.quantization.int4_format, feeds)
             cache[key] = (path, {"step": "quantize", "precision": "int4", **res.settings, "nodes": res.quantized})
         path, info = cache[key]
-        artifacts["int4"] = (path, "int4", info, "baseline")
+        artifacts["int4"] = (path, "int4", info, parent)
     if "fp16" in precisions:
         key = ("fp16", fp32_work.name)
         if key not in cache:
@@ -413,7 +482,7 @@ def _artifacts(ctx: Context, target: Target, work: Path, cache: dict, budget: fl
             path = work / f"fp16-{fp32_work.stem}.onnx"
             cache[key] = (path, {"step": "quantize", "precision": "fp16", **convert_fp16(fp32_work, path)})
         path, info = cache[key]
-        artifacts["fp16"] = (path, "fp16", info, "baseline")
+        artifacts["fp16"] = (path, "fp16", info, parent)
     return artifacts
 
 
@@ -506,7 +575,8 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     folder = stage / profile.id
     folder.mkdir(parents=True)
     max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
-    artifacts = _artifacts(ctx, target, work, cache, max_drop, profile.id)
+    compressed = compressed_for(ctx, profile)
+    artifacts = _artifacts(ctx, target, work, cache, max_drop, profile.id, compressed)
     files: dict[str, object] = {}
     if ctx.model.hf is not None:
         from exporter.hf.source import copy_tokenizer
@@ -570,6 +640,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         },
         "variants": variants,
         "tokenizer": [f"{profile.id}/{p}" for p in files.get("tokenizer", [])],
+        "compression": compressed.record["cache"]["key"][:12] if compressed is not None else None,
         "verdicts": deliverable["verdicts"],
         "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],
         "ok": deliverable["ok"],
@@ -608,7 +679,11 @@ def _build(
         cache: dict = {}
         results = [build_profile(ctx, p, stage, work, cache) for p in ctx.profiles]
         shutil.rmtree(work)
-        write_report(stage, r.name, ctx.metric_name, ctx.baseline_metric, results)
+        compression = {c.record["cache"]["key"][:12]: c.record for c in ctx.compressed.values()}
+        for res in results:
+            if res["compression"]:
+                compression[res["compression"]].setdefault("profiles", []).append(res["id"])
+        write_report(stage, r.name, ctx.metric_name, ctx.baseline_metric, results, compression)
         manifest = build_manifest(ctx, results, stage)
         write_manifest(stage, manifest)
     return manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -180,6 +180,99 @@ class QuantizeSection(Strict):
         return [self.precision] if isinstance(self.precision, str) else list(dict.fromkeys(self.precision))
 
 
+class PruneGoal(Strict):
+    """How far to prune: exactly one of a MAC or parameter fraction to keep, or a latency."""
+
+    macs: float | None = Field(default=None, gt=0, lt=1, description="Keep at most this fraction of the MACs.")
+    params: float | None = Field(default=None, gt=0, lt=1, description="Keep at most this fraction of parameters.")
+    latency: Literal["budget"] | None = Field(
+        default=None,
+        description="'budget': prune per profile until onnxruntime meets the profile's latency budget on this host.",
+    )
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> PruneGoal:
+        if sum(v is not None for v in (self.macs, self.params, self.latency)) != 1:
+            raise ValueError("give exactly one of 'macs', 'params' or 'latency'")
+        return self
+
+
+class PruneStep(Strict):
+    """Structured pruning: whole channels (CNNs, via Torch-Pruning's dependency graph) or attention
+    heads, FFN neurons and layers (BERT-style encoders), so the model stays dense."""
+
+    goal: PruneGoal
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation"] | None = Field(
+        default=None,
+        description="null: l2 for CNNs, activation for transformers. taylor/bn_scale: CNNs; activation: transformers.",
+    )
+    scope: Literal["global", "per_layer"] = Field(
+        default="per_layer", description="Rank channels across the whole model or within each layer."
+    )
+    protect: list[str] = Field(default_factory=list, description="Module names never pruned (the output layer always).")
+    align: int | None = Field(
+        default=None, ge=1, le=256, description="Channel/neuron multiple; null: the strictest of the profiles' targets."
+    )
+    steps: int = Field(
+        default=40, ge=1, le=400, description="Iterative pruning steps (importance re-ranked each step)."
+    )
+    max_layer_ratio: float = Field(default=0.8, gt=0, lt=1, description="Never remove more of one layer than this.")
+    heads: bool = Field(default=True, description="Transformers: prune attention heads.")
+    ffn: bool = Field(default=True, description="Transformers: prune feed-forward neurons (same count per layer).")
+    drop_layers: list[int] = Field(default_factory=list, description="Transformers: encoder layers removed whole.")
+    accuracy_floor: float | None = Field(
+        default=None, ge=0, description="Stop pruning (before distillation) once the drop in PyTorch exceeds this."
+    )
+
+
+class DistillStep(Strict):
+    """Knowledge distillation from the uncompressed model (the teacher) into the compressed one."""
+
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    lr: float = Field(default=1e-3, gt=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    loss: Literal["auto", "kd", "cosine", "mse"] = Field(
+        default="auto", description="auto: kd for classifiers (top1), cosine for embeddings, mse otherwise."
+    )
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.7, ge=0, le=1, description="KD weight; 1 - alpha goes to the hard-label loss.")
+    hidden_states: float = Field(
+        default=0.0, ge=0, description="Weight of an MSE between matching encoder layers' hidden states (transformers)."
+    )
+    data: DataSource | None = Field(
+        default=None,
+        description="Training inputs (labels optional); null: the calibration set (pydoc-topics train for text).",
+    )
+    augment: bool = Field(
+        default=True, description="Images: random shifts of up to 2 px; text: random spans of half the sentences."
+    )
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held out of the training data.")
+    patience: int = Field(default=5, ge=1, description="Epochs without a better validation loss before stopping.")
+    threads: int = Field(default=2, ge=1, le=256, description="torch threads while training (fixed for repeatability).")
+
+
+class CompressStep(Strict):
+    """One item of `compress:`, a mapping with exactly one key: prune or distill."""
+
+    prune: PruneStep | None = None
+    distill: DistillStep | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CompressStep:
+        if (self.prune is None) == (self.distill is None):
+            raise ValueError("each compress: item is exactly one of 'prune' or 'distill'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "prune" if self.prune is not None else "distill"
+
+    @property
+    def settings(self) -> PruneStep | DistillStep:
+        return self.prune if self.prune is not None else self.distill  # type: ignore[return-value]
+
+
 class BenchSection(Strict):
     warmup_runs: int = Field(default=10, ge=0)
     min_runs: int = Field(default=100, ge=1)
@@ -204,8 +297,8 @@ class Recipe(Strict):
     outputs: list[str] | None = Field(default=None, description="Output names; defaults to output_0..")
     data: DataSection
     metric: Literal["top1", "cosine", "mse"] | CallableMetric = "top1"
-    compress: list[dict[str, Any]] = Field(
-        default_factory=list, description="Ordered compression steps (prune, lowrank, distill): reserved."
+    compress: list[CompressStep] = Field(
+        default_factory=list, description="Ordered compression steps (prune, then distill to recover accuracy)."
     )
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     bench: BenchSection = Field(default_factory=BenchSection)
@@ -242,12 +335,12 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     data = read_yaml(path, "recipe")
     recipe = parse(Recipe, data, path, "recipe")
-    if recipe.compress:
-        step = next(iter(recipe.compress[0]), "?")
+    kinds = [s.kind for s in recipe.compress]
+    if kinds.count("distill") > 1 or (kinds and kinds[0] == "distill"):
         raise UsageError(
-            f"compression step '{step}' is not available in this version",
+            f"compress: steps {kinds} cannot be run: distill recovers a compressed model, once",
             path=path,
             field="compress",
-            fix="remove the compress: steps (prune/lowrank/distill arrive later)",
+            fix="list prune step(s) first, then at most one distill step",
         )
     return LoadedRecipe(recipe=recipe, path=path.resolve(), sha256=hashlib.sha256(path.read_bytes()).hexdigest())

@@ -42,7 +42,9 @@ def _fmt(x: object) -> str:
     return str(x)
 
 
-def write_report(root: Path, name: str, metric: str, baseline: float, profiles: list[dict]) -> Path:
+def write_report(
+    root: Path, name: str, metric: str, baseline: float, profiles: list[dict], compression: dict | None = None
+) -> Path:
     _plot(root, metric, profiles)
     lines = [
         f"# edgex build report: {name}",
@@ -54,6 +56,7 @@ def write_report(root: Path, name: str, metric: str, baseline: float, profiles: 
         f"![latency vs accuracy]({PLOT})",
         "",
     ]
+    lines += _compression_lines(metric, compression or {})
     for prof in profiles:
         status = "within budget" if prof["ok"] else "**BUDGET MISSED**"
         lines += [
@@ -194,4 +197,53 @@ def _quantization_lines(prof: dict) -> list[str]:
             lines.append(f"- {note}")
         if pb.get("excluded_nodes"):
             lines.append(f"- nodes onnxruntime could not quantize, kept in float: {', '.join(pb['excluded_nodes'])}")
+    return lines
+
+
+def _compression_lines(metric: str, compression: dict) -> list[str]:
+    """Each compression run: parameters, MACs and quality (PyTorch, evaluation set, against the
+    source model) before compression and after each step; latency is in the profile tables."""
+    lines: list[str] = []
+    for key, rec in compression.items():
+        used = [p for p in rec.get("profiles", [])]
+        cached = " (from the cache: no retraining)" if rec.get("cache", {}).get("hit") else ""
+        lines += [
+            f"## Compression `{key}`{cached}",
+            "",
+            f"Alignment: multiples of {rec['align']}"
+            + (f"; latency goal {rec['latency']}" if rec.get("latency") else "")
+            + (f"; profiles {', '.join(used)}" if used else "")
+            + f". MACs: {rec['teacher']['macs_basis']}. Quality in PyTorch on the evaluation set, against the "
+            "source model.",
+            "",
+            f"| stage | params | MACs | MACs vs source | {metric} | drop |",
+            "|---|---|---|---|---|---|",
+        ]
+        base = rec["teacher"]
+        rows = [("source model", base)] + [(f"after {s['step']}", s["after"]) for s in rec["steps"]]
+        for label, st in rows:
+            lines.append(
+                f"| {label} | {st['params']:,} | {st['macs']:,} | {st['macs'] / base['macs']:.3f} | "
+                f"{st['metric']:.4f} | {st['drop']:+.4f} |"
+            )
+        for s in rec["steps"]:
+            if s["step"] == "prune":
+                goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())
+                reached = "reached" if s.get("reached_goal") else "**not reached**"
+                what = (
+                    f"{len(s['history'])} channel groups removed; protected: {', '.join(s['protected']) or 'none'}"
+                    if "history" in s
+                    else f"heads removed per layer {{{', '.join(f'{k}: {len(v)}' for k, v in s['plan']['prune_heads'].items())}}}, "
+                    f"FFN neurons kept per layer {len(next(iter(s['plan']['keep_ffn'].values()), []))}, "
+                    f"layers dropped {s['plan']['drop_layers'] or 'none'}"
+                )
+                lines.append(f"- prune ({s['engine']}, {s['criterion']}): goal {goal} {reached}; {what}.")
+            else:
+                lines.append(
+                    f"- distill ({s['loss']} loss, labels from the {s['labels']}): {s['train_samples']} training / "
+                    f"{s['validation_samples']} validation samples, best epoch {s['best_epoch']} of "
+                    f"{len(s['history']) - 1}{' (early stop)' if s['stopped_early'] else ''}, {s['seconds']:.0f} s; "
+                    f"data sha256 {s['data_sha256'][:12]}."
+                )
+        lines.append("")
     return lines

@@ -1,0 +1,270 @@
+"""Structured pruning + distillation: the digits CNN (three seeds, against plain fine-tuning) and
+all-MiniLM-L6-v2, each pruned model timed side by side with its unpruned teacher.
+
+Digits (examples/digits-pruned.yaml): prune to the recipe's MAC goal, recover by distillation,
+for seeds 0, 1, 2; top-1 on the fixed 600-image held-out split from the exported ONNX; the peer
+is the same Torch-Pruning pruning followed by plain fine-tuning on the labels (no teacher), the
+usual Torch-Pruning recipe, for the same epochs. MiniLM (examples/minilm-pruned.yaml): heads and
+FFN neurons pruned, distilled on the pydoc-topics train split; mean cosine against the unpruned
+FP32 embeddings on the 256 held-out sentences, from the fused FP32 ONNX the CPU target ships.
+Latency: FP32 ONNX, onnxruntime CPU, 1 thread, every model of a scenario timed round-robin in
+one process (ratios, not absolute times, are the result: the machine is shared).
+
+Every run trains from scratch (a private cache folder). Run:
+  .venv/bin/python benchmarks/pruning.py [--only digits|minilm] [--out benchmarks/PRUNING.md]
+(digits ~8 min, MiniLM ~20 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.compress import compress  # noqa: E402
+from exporter.pipeline import _export_for, _student_ctx, prepare  # noqa: E402
+from exporter.recipe import BenchSection  # noqa: E402
+from exporter.runtime import make_session, run_all  # noqa: E402
+from exporter.targets import get_target  # noqa: E402
+from exporter.versions import host_facts, tool_versions  # noqa: E402
+
+SEEDS = (0, 1, 2)
+TIMING = BenchSection(warmup_runs=10, min_runs=200, min_seconds=3.0, max_seconds=20.0)
+
+
+def _with_seed(ctx, seed: int, **recipe_updates):
+    recipe = ctx.loaded.recipe.model_copy(update={"seed": seed, **recipe_updates})
+    return dataclasses.replace(ctx, loaded=dataclasses.replace(ctx.loaded, recipe=recipe), compressed={})
+
+
+def _metric(ctx, path: Path) -> float:
+    out = run_all(make_session(path, 2), ctx.evaluation.inputs)[0]
+    return float(ctx.metric_fn(out, ctx.evaluation.labels, ctx.reference[0]))
+
+
+def _time(paths: dict[str, Path], ctx) -> dict[str, float]:
+    from exporter.measure import time_interleaved
+
+    feed = {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+    stats = time_interleaved(paths, feed, 1, TIMING, rounds=4)
+    return {k: v.p50 for k, v in stats.items()}
+
+
+def _fine_tune_peer(ctx, steps: list, work: Path, cache: dict, target):
+    """Torch-Pruning's usual recipe: the same pruning, then plain fine-tuning on the labels."""
+    distill = steps[1].distill.model_copy(update={"alpha": 0.0})  # alpha 0: cross-entropy only, no teacher
+    peer_steps = [steps[0], type(steps[1])(distill=distill)]
+    pctx = _with_seed(ctx, 0, compress=peer_steps)
+    comp = compress(pctx, 8)
+    sctx = _student_ctx(pctx, comp, cache)
+    path, _ = _export_for(sctx, target, work, cache, tag="peer-finetune")
+    return comp, path
+
+
+def digits(work: Path) -> dict:
+    ctx = prepare(ROOT / "examples" / "digits-pruned.yaml", ["raspberry-pi-5-cpu"])
+    target = get_target("cpu")
+    cache: dict = {}
+    teacher, _ = _export_for(ctx, target, work, cache)
+    paths = {"teacher": teacher}
+    rows = []
+    for seed in SEEDS:
+        sctx = _with_seed(ctx, seed)
+        comp = compress(sctx, 8)
+        student_ctx = _student_ctx(sctx, comp, cache)
+        path, _ = _export_for(student_ctx, target, work, cache, tag=f"seed{seed}")
+        paths[f"seed {seed}"] = path
+        rec = comp.record
+        rows.append(
+            {
+                "name": f"seed {seed}",
+                "macs": rec["student"]["macs"],
+                "params": rec["student"]["params"],
+                "after_prune": rec["steps"][0]["after"]["metric"],
+                "metric": _metric(ctx, path),
+                "best_epoch": rec["steps"][1]["best_epoch"],
+                "seconds": rec["steps"][1]["seconds"],
+            }
+        )
+    peer, peer_path = _fine_tune_peer(ctx, ctx.loaded.recipe.compress, work, cache, target)
+    paths["peer"] = peer_path
+    rows.append(
+        {
+            "name": "peer: same pruning + plain fine-tuning",
+            "macs": peer.record["student"]["macs"],
+            "params": peer.record["student"]["params"],
+            "after_prune": peer.record["steps"][0]["after"]["metric"],
+            "metric": _metric(ctx, peer_path),
+            "best_epoch": peer.record["steps"][1]["best_epoch"],
+            "seconds": peer.record["steps"][1]["seconds"],
+        }
+    )
+    p50 = _time(paths, ctx)
+    base = {"macs": rows[0]["macs"], "teacher_macs": ctx_macs(ctx), "teacher_metric": _metric(ctx, teacher)}
+    for row in rows:
+        key = row["name"] if row["name"] in p50 else "peer"
+        row["p50_ms"] = p50[key]
+        row["speedup"] = p50["teacher"] / p50[key]
+    return {"teacher_p50_ms": p50["teacher"], "rows": rows, **base}
+
+
+def ctx_macs(ctx) -> int:
+    from exporter.compress.channels import costs
+
+    example = tuple(__import__("torch").from_numpy(ctx.calibration.inputs[s.name][:1].copy()) for s in ctx.inputs)
+    return costs(ctx.model.module, example)[0]
+
+
+def minilm(work: Path) -> dict:
+    ctx = prepare(ROOT / "examples" / "minilm-pruned.yaml", ["raspberry-pi-5-cpu"])
+    target = get_target("cpu")
+    cache: dict = {}
+    teacher, _ = _export_for(ctx, target, work, cache)
+    comp = compress(ctx, 8)
+    sctx = _student_ctx(ctx, comp, cache)
+    student, _ = _export_for(sctx, target, work, cache, tag="pruned")
+    p50 = _time({"teacher": teacher, "pruned": student}, ctx)
+    rec = comp.record
+    return {
+        "teacher_p50_ms": p50["teacher"],
+        "p50_ms": p50["pruned"],
+        "speedup": p50["teacher"] / p50["pruned"],
+        "teacher_metric": _metric(ctx, teacher),
+        "metric": _metric(ctx, student),
+        "record": {k: rec[k] for k in ("teacher", "student")},
+        "after_prune": rec["steps"][0]["after"]["metric"],
+        "plan": rec["steps"][0]["plan"],
+        "distill": {k: rec["steps"][1][k] for k in ("best_epoch", "seconds", "train_samples", "stopped_early")},
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    if "digits" in results:
+        d, ax = results["digits"], axes[0]
+        ax.scatter([1.0], [d["teacher_metric"] * 100], marker="o", label="unpruned (teacher)")
+        for r in d["rows"]:
+            peer = r["name"].startswith("peer")
+            ax.scatter([r["speedup"]], [r["metric"] * 100], marker="x" if peer else "s", label=r["name"])
+        ax.set_xlabel("FP32 speed-up vs unpruned (1 thread)")
+        ax.set_ylabel("top-1 % (held-out)")
+        ax.set_title("digits CNN: pruned + distilled")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if "minilm" in results:
+        m, ax = results["minilm"], axes[1]
+        ax.scatter([1.0], [1.0], marker="o", label="unpruned")
+        ax.scatter([m["speedup"]], [m["metric"]], marker="s", label="pruned + distilled")
+        ax.scatter([m["speedup"]], [m["after_prune"]], marker="v", label="pruned, before distillation")
+        ax.axhline(0.95, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("FP32 speed-up vs unpruned (1 thread)")
+        ax.set_ylabel("mean cosine vs unpruned")
+        ax.set_title("all-MiniLM-L6-v2: heads + FFN pruned")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> None:
+    lines = [
+        "# Structured pruning + distillation",
+        "",
+        "Generated by `.venv/bin/python benchmarks/pruning.py`; do not edit by hand. Latency: FP32 ONNX, onnxruntime "
+        "CPU, 1 thread, p50, models of a scenario timed round-robin in one process (ratios are the result).",
+        "",
+        f"Host: {json.dumps(host_facts())}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in tool_versions().items() if k in ("torch", "onnxruntime", "transformers")),
+        "",
+        "![pruning](pruning_curve.png)",
+        "",
+    ]
+    if "digits" in results:
+        d = results["digits"]
+        seeds = [r for r in d["rows"] if r["name"].startswith("seed")]
+        acc = np.array([r["metric"] for r in seeds]) * 100
+        spd = np.array([r["speedup"] for r in seeds])
+        lines += [
+            "## Digits CNN (examples/digits-pruned.yaml)",
+            "",
+            f"Unpruned: top-1 {d['teacher_metric'] * 100:.2f}%, {d['teacher_macs']:,} MACs, p50 {d['teacher_p50_ms']:.3f} ms.",
+            "",
+            "| model | MACs | MACs fewer | params | top-1 after pruning | top-1 after recovery | drop (pt) | p50 ms | speed-up | best epoch | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in d["rows"]:
+            lines.append(
+                f"| {r['name']} | {r['macs']:,} | {d['teacher_macs'] / r['macs']:.2f}x | {r['params']:,} | "
+                f"{r['after_prune'] * 100:.2f}% | {r['metric'] * 100:.2f}% | "
+                f"{(d['teacher_metric'] - r['metric']) * 100:+.2f} | {r['p50_ms']:.3f} | {r['speedup']:.2f}x | "
+                f"{r['best_epoch']} | {r['seconds']:.0f} |"
+            )
+        lines += [
+            "",
+            f"Seeds {', '.join(map(str, SEEDS))}: top-1 {acc.mean():.2f}% ± {acc.std():.2f} (spread {acc.max() - acc.min():.2f} pt), "
+            f"drop {d['teacher_metric'] * 100 - acc.mean():+.2f} pt; speed-up {spd.mean():.2f}x (min {spd.min():.2f}x).",
+            "",
+        ]
+    if "minilm" in results:
+        m = results["minilm"]
+        plan = m["plan"]
+        heads = {k: len(v) for k, v in plan["prune_heads"].items()}
+        lines += [
+            "## all-MiniLM-L6-v2 (examples/minilm-pruned.yaml)",
+            "",
+            "| model | encoder MACs | params | mean cosine vs unpruned FP32 | p50 ms | speed-up |",
+            "|---|---|---|---|---|---|",
+            f"| unpruned | {m['record']['teacher']['macs']:,} | {m['record']['teacher']['params']:,} | "
+            f"{m['teacher_metric']:.4f} | {m['teacher_p50_ms']:.2f} | 1.00x |",
+            f"| pruned, before distillation | {m['record']['student']['macs']:,} | {m['record']['student']['params']:,} | "
+            f"{m['after_prune']:.4f} | — | — |",
+            f"| pruned + distilled | {m['record']['student']['macs']:,} | {m['record']['student']['params']:,} | "
+            f"{m['metric']:.4f} | {m['p50_ms']:.2f} | {m['speedup']:.2f}x |",
+            "",
+            f"Heads removed per layer: {heads or 'none'}; FFN neurons kept per layer: "
+            f"{len(next(iter(plan['keep_ffn'].values()), []))}; distillation: {m['distill']['train_samples']} "
+            f"sentences, best epoch {m['distill']['best_epoch']}, {m['distill']['seconds']:.0f} s.",
+            "",
+        ]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", choices=["digits", "minilm"])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "PRUNING.md")
+    args = ap.parse_args()
+    results: dict = {}
+    previous = args.out.with_suffix(".json")
+    if args.only and previous.is_file():  # keep the other scenario's last figures
+        results = json.loads(previous.read_text())
+    with tempfile.TemporaryDirectory(prefix="edgex-prune-bench-") as tmp:
+        os.environ["EDGEX_CACHE_DIR"] = str(Path(tmp) / "cache")  # train from scratch, every run
+        work = Path(tmp)
+        if args.only in (None, "digits"):
+            results["digits"] = digits(work)
+        if args.only in (None, "minilm"):
+            results["minilm"] = minilm(work)
+    previous.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, args.out.parent / "pruning_curve.png")
+    write(results, args.out)
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
