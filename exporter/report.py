@@ -226,6 +226,7 @@ def _compression_lines(metric: str, compression: dict) -> list[str]:
                 f"| {label} | {st['params']:,} | {st['macs']:,} | {st['macs'] / base['macs']:.3f} | "
                 f"{st['metric']:.4f} | {st['drop']:+.4f} |"
             )
+        lines.append("")
         for s in rec["steps"]:
             if s["step"] == "prune":
                 goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())

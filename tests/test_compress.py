@@ -287,3 +287,53 @@ def test_bad_compress_steps_are_one_line_errors(tmp_path, compress, field):
     assert proc.returncode == 2, proc.stderr
     assert field in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_accuracy_floor_undoes_the_step_that_crosses_it():
+    model = Residual().eval()
+    calls = []
+
+    def drop_fn(m):
+        calls.append(costs(m, EXAMPLE)[0])
+        return 0.0 if len(calls) < 3 else 0.5  # the third step "costs" half the accuracy
+
+    step = PruneStep(goal={"macs": 0.1}, accuracy_floor=0.01, steps=10)
+    result = prune_channels(model, EXAMPLE, step, 1, lambda _m, e: e["macs"] <= 0.1 * 1, drop_fn=drop_fn)
+    assert result.stopped_by == "accuracy_floor" and not result.reached
+    assert costs(result.module, EXAMPLE)[0] == calls[1]  # the state after step 2, not 3
+    replay(fresh := Residual(), EXAMPLE, result.history)
+    assert costs(fresh, EXAMPLE)[0] == calls[1]
+
+
+def test_latency_goal_prunes_per_profile_and_records_the_measurement(tmp_path):
+    """A latency goal is per profile: each profile's budget and threads, measured in onnxruntime."""
+    import yaml
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    from exporter.profiles import get_profiles
+
+    base = get_profiles(["raspberry-pi-5-cpu"], ())[0]
+    for pid, budget in (("board-a", 40.0), ("board-b", 30.0)):
+        data = base.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data.update(id=pid, threads=1)
+        data["budgets"]["latency"] = {"percentile": 50, "max_ms": budget}
+        (profiles / f"{pid}.yaml").write_text(yaml.safe_dump(data))
+    recipe = write_tiny_project(
+        tmp_path,
+        compress=[{"prune": {"goal": {"latency": "budget"}, "align": 4}}],
+        profiles=["board-a", "board-b"],
+        quantize={"enabled": False},
+    )
+    proc = run_cli(
+        "--profiles-dir", str(profiles), "build", str(recipe), "--json", env={"EDGEX_CACHE_DIR": str(tmp_path / "c")}
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    keys = [p["compression"] for p in m["profiles"]]
+    assert len(set(keys)) == 2  # one compression per profile
+    for key, budget in zip(keys, (40.0, 30.0)):
+        rec = m["compression"][key]
+        assert rec["latency"]["budget_ms"] == budget and rec["latency"]["threads"] == 1
+        measured = [t["latency_ms"] for t in rec["steps"][0]["trace"] if "latency_ms" in t]
+        assert measured and measured[-1] <= 0.9 * budget

@@ -280,3 +280,39 @@ def test_hf_rebuild_is_byte_identical(tiny_embedding_build, tmp_path):
         if "report" not in f["path"] and not f["path"].endswith(".png")
     }
     assert first == second and any(p.endswith(".onnx") for p in first)
+
+
+def test_pruned_and_distilled_encoder_exports_through_optimum(tmp_path):
+    """Heads and FFN neurons pruned, distilled on the corpus, saved as a folder, exported by optimum."""
+    make_tiny_bert(tmp_path / "model")
+    compress = [
+        {"prune": {"goal": {"macs": 0.6}, "align": 8}},
+        {
+            "distill": {
+                "epochs": 1,
+                "batch_size": 16,
+                "threads": 1,
+                "data": {"corpus": "pydoc-topics", "split": "train", "limit": 64},
+            }
+        },
+    ]
+    recipe = _recipe(
+        tmp_path,
+        {"folder": "model", "task": "sentence-embedding"},
+        compress=compress,
+        profiles=["raspberry-pi-5-cpu"],
+        quantize={"enabled": False},
+    )
+    proc = run_cli("build", str(recipe), "--json", env={"EDGEX_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    prof = m["profiles"][0]
+    v = {x["name"]: x for x in prof["variants"]}
+    assert v["compressed"]["params"] < v["baseline"]["params"]
+    assert v["compressed"]["produced_by"]["parity"]["ok"]  # the pruned folder's ONNX matches its PyTorch model
+    record = m["compression"][prof["compression"]]
+    assert record["student"]["macs"] <= 0.6 * record["teacher"]["macs"]
+    plan = record["steps"][0]["plan"]
+    assert plan["prune_heads"] and len(next(iter(plan["keep_ffn"].values()))) % 8 == 0
+    assert record["steps"][1]["data_sha256"] and record["steps"][1]["labels"] == "teacher"
+    assert (tmp_path / "out" / "raspberry-pi-5-cpu" / "tokenizer" / "vocab.txt").is_file()

@@ -152,7 +152,7 @@ def prune_channels(
                 result.stopped_by = "accuracy_floor"
                 return result
         finished = done(module, entry)  # may add what it measured (latency_ms) to the entry
-        if finished and step > 1:
+        if finished:
             # Every layer moved by one aligned notch at once, which can overshoot the goal by far:
             # go back one step and approach it one group and `align` channels at a time.
             log.info(f"  prune step {step}: goal passed; refining from step {step - 1} one channel group at a time")
