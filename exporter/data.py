@@ -81,6 +81,10 @@ def _sentences(source: DataSource, loaded: LoadedRecipe, field: str) -> list[str
         from exporter.hf.text import read_lines
 
         return read_lines(loaded.resolve(source.text), loaded.path, f"{field}.text")
+    if source.corpus == "stdlib-docstrings":
+        from exporter.hf.text import stdlib_docstrings
+
+        return list(stdlib_docstrings())
     if source.corpus is not None:
         from exporter.hf.text import corpus
 

@@ -1,7 +1,8 @@
 """Static facts about an ONNX graph: op histogram, parameters, MACs, size.
 
-MACs are counted for the ops that dominate edge models (Conv, ConvTranspose, Gemm, MatMul and
-their quantized forms) from inferred shapes; dynamic dimensions count as 1.
+MACs are counted for the ops that dominate edge models (Conv, ConvTranspose, Gemm, MatMul, their
+quantized forms, and fused Attention) from inferred shapes: at the given input shapes, or with
+dynamic dimensions counted as 1.
 """
 
 from __future__ import annotations
@@ -16,11 +17,29 @@ from onnx import numpy_helper, shape_inference
 _DTYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
+def _shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Inferred shapes; with input_shapes the graph is fixed to them first and onnxruntime's
+    symbolic inference (which knows the contrib ops of fused transformer graphs) is used."""
+    inferred = model
+    if input_shapes:
+        try:
+            from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            fixed = onnx.ModelProto()
+            fixed.CopyFrom(model)
+            graph_inputs = {i.name for i in fixed.graph.input}
+            for name, shape in input_shapes.items():
+                if name in graph_inputs:
+                    make_input_shape_fixed(fixed.graph, name, list(shape))
+            inferred = SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
+        except Exception:
+            inferred = model
+    if inferred is model:
+        try:
+            inferred = shape_inference.infer_shapes(model)
+        except Exception:
+            inferred = model
     shapes: dict[str, list[int]] = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
         dims = vi.type.tensor_type.shape.dim
@@ -40,9 +59,9 @@ def _weight_shape(node_input: str, shapes: dict[str, list[int]], producers: dict
     return []
 
 
-def macs_per_node(model: onnx.ModelProto) -> dict[str, int]:
+def macs_per_node(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> dict[str, int]:
     """MACs of each node that does multiply-accumulate work, keyed by node name (or op#index)."""
-    shapes = _shapes(model)
+    shapes = _shapes(model, input_shapes)
     producers = {o: n for n in model.graph.node for o in n.output}
     found: dict[str, int] = {}
     for index, node in enumerate(model.graph.node):
@@ -65,16 +84,23 @@ def macs_per_node(model: onnx.ModelProto) -> dict[str, int]:
             else:
                 k = a[-1] if a else 0
             macs = int(np.prod(out)) * int(k)
+        elif op == "Attention":  # com.microsoft fused attention: QKV projection + the two attention products
+            x, w = shapes.get(node.input[0], []), _weight_shape(node.input[1], shapes, producers)
+            if len(x) == 3 and len(w) == 2:
+                batch, seq, _ = x
+                inner = w[1] // 3
+                macs = batch * seq * w[0] * w[1] + 2 * batch * seq * seq * inner
         if macs:
             found[node.name or f"{op}#{index}"] = macs
     return found
 
 
-def count_macs(model: onnx.ModelProto) -> int:
-    return sum(macs_per_node(model).values())
+def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> int:
+    return sum(macs_per_node(model, input_shapes).values())
 
 
-def inspect_model(path: Path) -> dict:
+def inspect_model(path: Path, input_shapes: dict[str, list[int]] | None = None) -> dict:
+    """input_shapes: the shapes MACs are counted at (dynamic dimensions otherwise count as 1)."""
     model = onnx.load(str(path))
     params = 0
     init_bytes = 0
@@ -106,5 +132,5 @@ def inspect_model(path: Path) -> dict:
         "op_histogram": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "parameters": params,
         "initializer_bytes": init_bytes,
-        "macs": count_macs(model),
+        "macs": count_macs(model, input_shapes),
     }

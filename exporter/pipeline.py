@@ -275,7 +275,7 @@ def _variant_record(
     max_drop: float,
     mode: str,
 ) -> dict:
-    stats = inspect_model(path)
+    stats = inspect_model(path, {i.name: list(i.shape) for i in ctx.inputs})
     value = float(ctx.metric_fn(meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]))
     drop = accuracy_drop(ctx.baseline_metric, value, ctx.higher_is_better)
     pct = profile.budgets.latency.percentile

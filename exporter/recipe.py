@@ -89,8 +89,10 @@ class DataSource(Strict):
         default=None, pattern=CALLABLE_PATTERN, description="Returns {input: array, 'labels': array} or a list of str."
     )
     text: str | None = Field(default=None, description="A UTF-8 text file, one sentence per line.")
-    corpus: Literal["pydoc-topics"] | None = Field(
-        default=None, description="Bundled English corpus from the standard library, split by topic."
+    corpus: Literal["pydoc-topics", "stdlib-docstrings"] | None = Field(
+        default=None,
+        description="Bundled English text: pydoc-topics (split by topic) or stdlib-docstrings (unlabelled, "
+        "~14k sentences read with ast, none of pydoc-topics).",
     )
     split: Literal["train", "calibration", "evaluation"] | None = Field(
         default=None, description="Which topic-disjoint split of the corpus."
@@ -102,8 +104,8 @@ class DataSource(Strict):
         given = [k for k in ("npz", "callable", "text", "corpus") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'npz', 'callable', 'text' or 'corpus'")
-        if (self.corpus is None) != (self.split is None):
-            raise ValueError("'split' goes with 'corpus' (train, calibration or evaluation)")
+        if (self.corpus == "pydoc-topics") != (self.split is not None):
+            raise ValueError("'split' goes with corpus pydoc-topics (train, calibration or evaluation), only")
         return self
 
 
@@ -220,6 +222,10 @@ class PruneStep(Strict):
     heads: bool = Field(default=True, description="Transformers: prune attention heads.")
     ffn: bool = Field(default=True, description="Transformers: prune feed-forward neurons (same count per layer).")
     drop_layers: list[int] = Field(default_factory=list, description="Transformers: encoder layers removed whole.")
+    reconstruct: bool = Field(
+        default=True,
+        description="Transformers: refit each pruned output projection to the unpruned outputs (least squares).",
+    )
     accuracy_floor: float | None = Field(
         default=None, ge=0, description="Stop pruning (before distillation) once the drop in PyTorch exceeds this."
     )
@@ -247,6 +253,7 @@ class DistillStep(Strict):
     augment: bool = Field(
         default=True, description="Images: random shifts of up to 2 px; text: random spans of half the sentences."
     )
+    dropout: bool = Field(default=False, description="Keep the model's dropout active while training.")
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held out of the training data.")
     patience: int = Field(default=5, ge=1, description="Epochs without a better validation loss before stopping.")
     threads: int = Field(default=2, ge=1, le=256, description="torch threads while training (fixed for repeatability).")

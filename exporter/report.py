@@ -238,6 +238,10 @@ def _compression_lines(metric: str, compression: dict) -> list[str]:
                     f"FFN neurons kept per layer {len(next(iter(s['plan']['keep_ffn'].values()), []))}, "
                     f"layers dropped {s['plan']['drop_layers'] or 'none'}"
                 )
+                refit = s.get("reconstruction_error")
+                if refit:
+                    worst = max(refit.values())
+                    what += f"; {len(refit)} output projections refitted by least squares (worst relative error {worst:.3f})"
                 lines.append(f"- prune ({s['engine']}, {s['criterion']}): goal {goal} {reached}; {what}.")
             else:
                 lines.append(

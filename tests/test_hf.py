@@ -315,4 +315,6 @@ def test_pruned_and_distilled_encoder_exports_through_optimum(tmp_path):
     plan = record["steps"][0]["plan"]
     assert plan["prune_heads"] and len(next(iter(plan["keep_ffn"].values()))) % 8 == 0
     assert record["steps"][1]["data_sha256"] and record["steps"][1]["labels"] == "teacher"
+    # the student trains its own weights (a deep copy must not call the teacher's)
+    assert record["steps"][1]["after"]["metric"] != record["steps"][0]["after"]["metric"]
     assert (tmp_path / "out" / "raspberry-pi-5-cpu" / "tokenizer" / "vocab.txt").is_file()

@@ -236,8 +236,6 @@ def _prune_torch(state: _State, step: PruneStep, where: str) -> dict:
 
 
 def _prune_encoder(state: _State, step: PruneStep, where: str) -> dict:
-    import torch
-
     from exporter.compress.encoder import activation_scores, apply_plan, fraction_for_macs, plan_pruning
 
     ctx = state.ctx
@@ -253,12 +251,7 @@ def _prune_encoder(state: _State, step: PruneStep, where: str) -> dict:
     step = step.model_copy(update={"criterion": criterion})
     scores = None
     if criterion == "activation":
-        n = min(128, len(ctx.calibration))
-        batches = [
-            tuple(torch.from_numpy(ctx.calibration.inputs[s.name][i : i + 32].copy()) for s in ctx.inputs)
-            for i in range(0, n, 32)
-        ]
-        scores = activation_scores(state.student, bert, batches)
+        scores = activation_scores(state.student, bert, _text_batches(ctx))
     seq = ctx.inputs[0].shape[1]
     if step.goal.macs is not None:
         fraction = fraction_for_macs(bert, step, step.goal.macs, state.align, seq, scores)
@@ -266,7 +259,26 @@ def _prune_encoder(state: _State, step: PruneStep, where: str) -> dict:
         fraction = _fraction_for_params(bert, step, step.goal.params, state.align, scores)
     plan = plan_pruning(bert, step, fraction, state.align, scores)
     apply_plan(bert, plan)
-    return {"engine": "transformers prune_heads / prune_linear_layer", "criterion": criterion, "plan": plan}
+    info = {"engine": "transformers prune_heads / prune_linear_layer", "criterion": criterion, "plan": plan}
+    if step.reconstruct:
+        from exporter.compress.encoder import find_encoder, reconstruct
+
+        teacher = ctx.model.module
+        mask_index = [s.name for s in ctx.inputs].index("attention_mask")
+        info["reconstruction_error"] = reconstruct(
+            state.student, bert, teacher, find_encoder(teacher), plan, _text_batches(ctx), mask_index
+        )
+    return info
+
+
+def _text_batches(ctx, n: int = 128, size: int = 32) -> list[tuple]:
+    import torch
+
+    n = min(n, len(ctx.calibration))
+    return [
+        tuple(torch.from_numpy(ctx.calibration.inputs[s.name][i : i + size].copy()) for s in ctx.inputs)
+        for i in range(0, n, size)
+    ]
 
 
 def _fraction_for_params(bert, step: PruneStep, keep: float, align: int, scores) -> float:

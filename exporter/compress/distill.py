@@ -167,6 +167,18 @@ def _batches(perm: np.ndarray, lengths: np.ndarray | None, size: int, gen) -> li
     return [out[i] for i in order]
 
 
+def _train_mode(module, dropout: bool) -> None:
+    """Training mode for BatchNorm statistics; dropout only when asked: the student copies a
+    teacher exactly, and dropout noise measured slower to converge for a pruned MiniLM."""
+    from torch import nn
+
+    module.train()
+    if not dropout:
+        for m in module.modules():
+            if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.training = False
+
+
 def distill(
     student,
     teacher,
@@ -243,7 +255,7 @@ def distill(
     )
     try:
         for epoch in range(1, settings.epochs + 1):
-            student.train()
+            _train_mode(student, settings.dropout)
             perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
             total = 0.0
             bar = tqdm(

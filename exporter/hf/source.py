@@ -114,8 +114,8 @@ def _reference_module(folder: Path, spec: HFSource, names: list[str]):
             str(folder), device="cpu", trust_remote_code=spec.trust_remote_code, local_files_only=True
         )
 
-        def pick(features: dict) -> torch.Tensor:
-            return model(features)["sentence_embedding"]
+        def pick(m, features: dict) -> torch.Tensor:
+            return m(features)["sentence_embedding"]
     else:
         from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -128,16 +128,19 @@ def _reference_module(folder: Path, spec: HFSource, names: list[str]):
         )
         key = "logits" if spec.task == "sequence-classification" else "last_hidden_state"
 
-        def pick(features: dict) -> torch.Tensor:
-            return getattr(model(**features), key)
+        def pick(m, features: dict) -> torch.Tensor:
+            return getattr(m(**features), key)
 
     class ByName(torch.nn.Module):
+        """Positional graph inputs -> the wanted output; calls self.model, so a deep copy (the
+        student of a compression) runs its own weights."""
+
         def __init__(self):
             super().__init__()
             self.model = model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return pick(dict(zip(names, tensors, strict=True)))
+            return pick(self.model, dict(zip(names, tensors, strict=True)))
 
     return ByName().eval()
 

@@ -49,6 +49,49 @@ def corpus() -> dict[str, list[str]]:
     return out
 
 
+def _sentences_of(text: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", para):
+            words = sent.split()
+            if 4 <= len(words) <= 60 and sent[-1] in ".!?:" and not sent.startswith(("*", ">>>", "|", "...")):
+                out.append(sent)
+    return out
+
+
+@lru_cache(maxsize=1)
+def stdlib_docstrings() -> list[str]:
+    """Sentences of the standard library's docstrings, read with `ast` (nothing is imported or
+    run), in a fixed file order; any sentence of the pydoc-topics corpus is left out so its
+    evaluation split stays unseen. ~14,000 real English sentences about Python, offline, in a
+    fixed shuffled order: unlabelled text for distillation."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    taken = {s for split in corpus().values() for s in split}
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if any(p in ("test", "tests", "idlelib", "site-packages", "pydoc_data", "lib2to3") for p in rel):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                for sent in _sentences_of(doc) if doc else []:
+                    if sent not in seen and sent not in taken:
+                        seen.add(sent)
+                        out.append(sent)
+    order = np.random.default_rng(0).permutation(len(out))  # a `limit` takes a sample of every module
+    return [out[i] for i in order]
+
+
 def read_lines(path: Path, where: Path, field: str) -> list[str]:
     if not path.is_file():
         raise UsageError(f"text file '{path}' not found", path=where, field=field, fix="check the path")
