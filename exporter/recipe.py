@@ -255,7 +255,9 @@ class DistillStep(Strict):
     )
     dropout: bool = Field(default=False, description="Keep the model's dropout active while training.")
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Held out of the training data.")
-    patience: int = Field(default=5, ge=1, description="Epochs without a better validation loss before stopping.")
+    patience: int = Field(
+        default=5, ge=1, description="Epochs without a better validation loss before stopping (second half only)."
+    )
     threads: int = Field(default=2, ge=1, le=256, description="torch threads while training (fixed for repeatability).")
 
 

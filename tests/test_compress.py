@@ -86,8 +86,11 @@ def _export(module, path):
     return path
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: a.__name__)
-@pytest.mark.parametrize("criterion", ["l2", "taylor"])
+@pytest.mark.parametrize(
+    "arch, criterion",
+    [(a, "l2") for a in ARCHITECTURES] + [(Residual, "taylor"), (DepthwiseSeparable, "bn_scale")],
+    ids=lambda x: getattr(x, "__name__", x),
+)
 def test_cnn_pruning_keeps_shape_hits_the_mac_goal_and_exports(arch, criterion, tmp_path):
     torch.manual_seed(0)
     model = arch().eval()
