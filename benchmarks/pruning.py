@@ -173,7 +173,7 @@ def plot(results: dict, path: Path) -> None:
         ax.axhline(0.95, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("FP32 speed-up vs unpruned (1 thread)")
         ax.set_ylabel("mean cosine vs unpruned")
-        ax.set_title("all-MiniLM-L6-v2: heads + FFN pruned")
+        ax.set_title("all-MiniLM-L6-v2: pruned (heads / FFN)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

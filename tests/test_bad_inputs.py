@@ -222,7 +222,7 @@ def case_version_2(tmp_path):
 def case_compress_step(tmp_path):
     recipe = project(tmp_path, compress=[{"prune": {"amount": 0.5}}])
     return Expect(
-        build(recipe), recipe, "compress", ("'prune'", "not available in this version"), project=recipe.parent
+        build(recipe), recipe, "compress.0.prune.amount", ("unknown key", "goal"), project=recipe.parent
     )
 
 
