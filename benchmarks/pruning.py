@@ -10,8 +10,9 @@ FP32 embeddings on the 256 held-out sentences, from the fused FP32 ONNX the CPU 
 Latency: FP32 ONNX, onnxruntime CPU, 1 thread, every model of a scenario timed round-robin in
 one process (ratios, not absolute times, are the result: the machine is shared).
 
-Every run trains from scratch (a private cache folder). Run:
-  .venv/bin/python benchmarks/pruning.py [--only digits|minilm] [--out benchmarks/PRUNING.md]
+Every run trains from scratch (a private cache folder) unless --cache names a folder of students
+already trained (by an earlier run or by `EDGEX_CACHE_DIR=... edgex build` of the same recipe). Run:
+  .venv/bin/python benchmarks/pruning.py [--only digits|minilm] [--cache DIR] [--out benchmarks/PRUNING.md]
 (digits ~8 min, MiniLM ~20 min on 2 cores)
 """
 
@@ -46,12 +47,12 @@ def _with_seed(ctx, seed: int, **recipe_updates):
     return dataclasses.replace(ctx, loaded=dataclasses.replace(ctx.loaded, recipe=recipe), compressed={})
 
 
-def _metric(ctx, path: Path) -> float:
+def onnx_metric(ctx, path: Path) -> float:
     out = run_all(make_session(path, 2), ctx.evaluation.inputs)[0]
     return float(ctx.metric_fn(out, ctx.evaluation.labels, ctx.reference[0]))
 
 
-def _time(paths: dict[str, Path], ctx) -> dict[str, float]:
+def interleaved_p50(paths: dict[str, Path], ctx) -> dict[str, float]:
     from exporter.measure import time_interleaved
 
     feed = {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
@@ -90,7 +91,7 @@ def digits(work: Path) -> dict:
                 "macs": rec["student"]["macs"],
                 "params": rec["student"]["params"],
                 "after_prune": rec["steps"][0]["after"]["metric"],
-                "metric": _metric(ctx, path),
+                "metric": onnx_metric(ctx, path),
                 "best_epoch": rec["steps"][1]["best_epoch"],
                 "seconds": rec["steps"][1]["seconds"],
             }
@@ -103,13 +104,13 @@ def digits(work: Path) -> dict:
             "macs": peer.record["student"]["macs"],
             "params": peer.record["student"]["params"],
             "after_prune": peer.record["steps"][0]["after"]["metric"],
-            "metric": _metric(ctx, peer_path),
+            "metric": onnx_metric(ctx, peer_path),
             "best_epoch": peer.record["steps"][1]["best_epoch"],
             "seconds": peer.record["steps"][1]["seconds"],
         }
     )
-    p50 = _time(paths, ctx)
-    base = {"macs": rows[0]["macs"], "teacher_macs": ctx_macs(ctx), "teacher_metric": _metric(ctx, teacher)}
+    p50 = interleaved_p50(paths, ctx)
+    base = {"macs": rows[0]["macs"], "teacher_macs": ctx_macs(ctx), "teacher_metric": onnx_metric(ctx, teacher)}
     for row in rows:
         key = row["name"] if row["name"] in p50 else "peer"
         row["p50_ms"] = p50[key]
@@ -132,14 +133,14 @@ def minilm(work: Path) -> dict:
     comp = compress(ctx, 8)
     sctx = _student_ctx(ctx, comp, cache)
     student, _ = _export_for(sctx, target, work, cache, tag="pruned")
-    p50 = _time({"teacher": teacher, "pruned": student}, ctx)
+    p50 = interleaved_p50({"teacher": teacher, "pruned": student}, ctx)
     rec = comp.record
     return {
         "teacher_p50_ms": p50["teacher"],
         "p50_ms": p50["pruned"],
         "speedup": p50["teacher"] / p50["pruned"],
-        "teacher_metric": _metric(ctx, teacher),
-        "metric": _metric(ctx, student),
+        "teacher_metric": onnx_metric(ctx, teacher),
+        "metric": onnx_metric(ctx, student),
         "record": {k: rec[k] for k in ("teacher", "student")},
         "after_prune": rec["steps"][0]["after"]["metric"],
         "plan": rec["steps"][0]["plan"],
@@ -248,13 +249,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["digits", "minilm"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "PRUNING.md")
+    ap.add_argument("--cache", type=Path, help="reuse students trained into this cache folder (default: train afresh)")
     args = ap.parse_args()
     results: dict = {}
     previous = args.out.with_suffix(".json")
     if args.only and previous.is_file():  # keep the other scenario's last figures
         results = json.loads(previous.read_text())
     with tempfile.TemporaryDirectory(prefix="edgex-prune-bench-") as tmp:
-        os.environ["EDGEX_CACHE_DIR"] = str(Path(tmp) / "cache")  # train from scratch, every run
+        os.environ["EDGEX_CACHE_DIR"] = str(args.cache or Path(tmp) / "cache")  # by default, train from scratch
         work = Path(tmp)
         if args.only in (None, "digits"):
             results["digits"] = digits(work)

@@ -377,7 +377,7 @@ def compressed_for(ctx: Context, profile: DeviceProfile):
             "percentile": pct,
             "threads": host_threads(profile.threads),
         }
-    explicit = [s.prune.align for s in r.compress if s.prune is not None and s.prune.align]
+    explicit = [s.settings.align for s in r.compress if s.kind in ("prune", "lowrank") and s.settings.align]
     align = explicit[0] if explicit else align
     key = (align, json.dumps(latency, sort_keys=True), tuple(tuple(i.shape) for i in ctx.inputs))
     if key not in ctx.compressed:

@@ -261,25 +261,93 @@ class DistillStep(Strict):
     threads: int = Field(default=2, ge=1, le=256, description="torch threads while training (fixed for repeatability).")
 
 
+class LowrankGoal(Strict):
+    """How far to factorise: a fraction of the MACs to keep, or the singular-value energy each layer keeps."""
+
+    macs: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Keep at most this fraction of the MACs (encoder layers for transformers).",
+    )
+    energy: float | None = Field(
+        default=None, gt=0, le=1, description="Keep this fraction of each layer's squared singular values."
+    )
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> LowrankGoal:
+        if (self.macs is None) == (self.energy is None):
+            raise ValueError("give exactly one of 'macs' or 'energy'")
+        return self
+
+
+class LowrankStep(Strict):
+    """Low-rank factorisation: Linear and convolution layers replaced by two thinner dense layers
+    from a truncated SVD, only where that is cheaper (r < mn/(m+n))."""
+
+    goal: LowrankGoal
+    criterion: Literal["svd", "activation"] = Field(
+        default="activation",
+        description="svd: plain truncated SVD of the weights; activation: SVD whitened by the layer's inputs on the "
+        "calibration data (minimises the output error; Linear, 1x1 and channel-mode convolutions).",
+    )
+    conv: Literal["spatial", "channel"] = Field(
+        default="spatial", description="k x k convolutions: (k x 1)(1 x k) pair, or a k x k into r channels then 1 x 1."
+    )
+    layers: list[str] = Field(
+        default_factory=list, description="Module-name patterns (fnmatch) that may be factorised; empty: all."
+    )
+    protect: list[str] = Field(default_factory=list, description="Module-name patterns never factorised.")
+    align: int | None = Field(default=None, ge=1, le=256, description="Rank multiple; null: the targets' strictest.")
+
+
+class StudentStep(Strict):
+    """A shallower student: some of the teacher's encoder layers (transformers), or a user-supplied
+    architecture (PyTorch), to be trained by a following distill step."""
+
+    layers: list[int] | None = Field(
+        default=None, description="Transformers: the teacher's encoder layers the student keeps (its initialisation)."
+    )
+    depth: int | None = Field(
+        default=None, ge=1, description="Transformers: keep this many layers, evenly spaced (first and last kept)."
+    )
+    factory: str | None = Field(
+        default=None,
+        pattern=CALLABLE_PATTERN,
+        description="PyTorch: module:fn returning the student nn.Module (same inputs and outputs as the teacher).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StudentStep:
+        if sum(v is not None for v in (self.layers, self.depth, self.factory)) != 1:
+            raise ValueError("give exactly one of 'layers', 'depth' or 'factory'")
+        return self
+
+
+STEP_KINDS = ("prune", "lowrank", "student", "distill")
+
+
 class CompressStep(Strict):
-    """One item of `compress:`, a mapping with exactly one key: prune or distill."""
+    """One item of `compress:`, a mapping with exactly one key: prune, lowrank, student or distill."""
 
     prune: PruneStep | None = None
+    lowrank: LowrankStep | None = None
+    student: StudentStep | None = None
     distill: DistillStep | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> CompressStep:
-        if (self.prune is None) == (self.distill is None):
-            raise ValueError("each compress: item is exactly one of 'prune' or 'distill'")
+        if sum(getattr(self, k) is not None for k in STEP_KINDS) != 1:
+            raise ValueError("each compress: item is exactly one of " + ", ".join(f"'{k}'" for k in STEP_KINDS))
         return self
 
     @property
     def kind(self) -> str:
-        return "prune" if self.prune is not None else "distill"
+        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
 
     @property
-    def settings(self) -> PruneStep | DistillStep:
-        return self.prune if self.prune is not None else self.distill  # type: ignore[return-value]
+    def settings(self) -> PruneStep | LowrankStep | StudentStep | DistillStep:
+        return getattr(self, self.kind)
 
 
 class BenchSection(Strict):
@@ -307,7 +375,8 @@ class Recipe(Strict):
     data: DataSection
     metric: Literal["top1", "cosine", "mse"] | CallableMetric = "top1"
     compress: list[CompressStep] = Field(
-        default_factory=list, description="Ordered compression steps (prune, then distill to recover accuracy)."
+        default_factory=list,
+        description="Ordered compression steps: student, prune, lowrank, then distill to recover accuracy.",
     )
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     bench: BenchSection = Field(default_factory=BenchSection)
@@ -340,16 +409,32 @@ class LoadedRecipe:
         return p if p.is_absolute() else (self.path.parent / p)
 
 
+def compress_order_problem(kinds: list[str]) -> str | None:
+    """Why an ordered list of compression steps cannot run, or None. A student defines the
+    architecture the other steps shrink, so it comes first; distill recovers what the steps
+    before it removed, so it comes last; a step twice would compress an already compressed layer."""
+    for kind in ("student", "prune", "lowrank", "distill"):
+        if kinds.count(kind) > 1:
+            return f"'{kind}' appears {kinds.count(kind)} times in {kinds}; give it once"
+    if "student" in kinds and kinds[0] != "student":
+        return f"'student' must be the first step (got {kinds})"
+    if "distill" in kinds and kinds[-1] != "distill":
+        return f"'distill' must be the last step (got {kinds})"
+    if kinds == ["distill"]:
+        return "'distill' alone has nothing to recover: add a student, prune or lowrank step before it"
+    return None
+
+
 def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     data = read_yaml(path, "recipe")
     recipe = parse(Recipe, data, path, "recipe")
-    kinds = [s.kind for s in recipe.compress]
-    if kinds.count("distill") > 1 or (kinds and kinds[0] == "distill"):
+    problem = compress_order_problem([s.kind for s in recipe.compress])
+    if problem is not None:
         raise UsageError(
-            f"compress: steps {kinds} cannot be run: distill recovers a compressed model, once",
+            f"compress: {problem}",
             path=path,
             field="compress",
-            fix="list prune step(s) first, then at most one distill step",
+            fix="order: student (optional, first), prune and/or lowrank (each at most once), distill (at most once, last)",
         )
     return LoadedRecipe(recipe=recipe, path=path.resolve(), sha256=hashlib.sha256(path.read_bytes()).hexdigest())

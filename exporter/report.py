@@ -243,6 +243,23 @@ def _compression_lines(metric: str, compression: dict) -> list[str]:
                     worst = max(refit.values())
                     what += f"; {len(refit)} output projections refitted by least squares (worst relative error {worst:.3f})"
                 lines.append(f"- prune ({s['engine']}, {s['criterion']}): goal {goal} {reached}; {what}.")
+            elif s["step"] == "lowrank":
+                plan = s["plan"]
+                ranks = ", ".join(f"{n} {e['rank']}" for n, e in plan["layers"].items())
+                goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())
+                lines.append(
+                    f"- lowrank ({s['criterion']}; {len(s['whitened'])} layers whitened by their inputs): goal {goal}, "
+                    f"retained energy {plan['energy']:.4f}; {len(plan['layers'])} layers factorised (rank multiple "
+                    f"{plan['align']}): {ranks or 'none'}; left dense (not cheaper at that energy): "
+                    f"{', '.join(s['kept_dense']) or 'none'}."
+                )
+            elif s["step"] == "student":
+                what = (
+                    f"teacher layers {s['kept_layers']} kept (layers {s['dropped_layers']} dropped)"
+                    if "kept_layers" in s
+                    else f"architecture from {s['factory']}"
+                )
+                lines.append(f"- student: {what}.")
             else:
                 lines.append(
                     f"- distill ({s['loss']} loss, labels from the {s['labels']}): {s['train_samples']} training / "

@@ -2,7 +2,7 @@
 into a smaller dense model (the student) that then goes through export, quantization and
 benchmarking like any other; the teacher stays the build's `baseline` and its outputs the truth.
 
-A registry of step functions (prune, distill) over a shared state; each records what it did
+A registry of step functions (student, prune, lowrank, distill) over a shared state; each records what it did
 (settings, costs and quality before and after, the pruning plan as data), and the whole result
 is cached by a hash of its inputs.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from exporter import log
 from exporter.compress import cache
 from exporter.errors import UsageError
-from exporter.recipe import DataSource, DistillStep, PruneStep
+from exporter.recipe import DataSource, DistillStep, LowrankStep, PruneStep, StudentStep
 
 
 @dataclass
@@ -41,7 +41,7 @@ class _State:
     align: int
     latency: dict | None
     records: list[dict] = field(default_factory=list)
-    dropped_layers: list[int] = field(default_factory=list)
+    kept_layers: list[int] | None = None  # teacher encoder layers the student still has (None: all)
 
 
 def per_profile(recipe) -> bool:
@@ -52,18 +52,28 @@ def per_profile(recipe) -> bool:
 def check_steps(ctx) -> None:
     """Refuse, before anything is computed, steps that cannot apply to this model."""
     r = ctx.loaded.recipe
+    hf = ctx.model.kind == "hf"
+    if r.compress and ctx.model.kind == "onnx":
+        raise UsageError(
+            "compression works on PyTorch or Hugging Face models, not on a given ONNX file",
+            path=ctx.loaded.path,
+            field="compress",
+            fix="point model: at the PyTorch factory or the Hugging Face folder",
+        )
+    kinds = [item.kind for item in r.compress]
+    if hf and "lowrank" in kinds and "prune" in kinds[kinds.index("lowrank") :]:
+        raise UsageError(
+            "a transformer cannot be pruned after it is factorised (head and neuron pruning needs whole projections)",
+            path=ctx.loaded.path,
+            field="compress",
+            fix="put the prune step before the lowrank step",
+        )
     for i, item in enumerate(r.compress):
+        if item.student is not None:
+            _check_student(ctx, item.student, f"compress[{i}].student", hf)
         step, where = item.prune, f"compress[{i}].prune"
         if step is None:
             continue
-        hf = ctx.model.kind == "hf"
-        if ctx.model.kind == "onnx":
-            raise UsageError(
-                "compression works on PyTorch or Hugging Face models, not on a given ONNX file",
-                path=ctx.loaded.path,
-                field="compress",
-                fix="point model: at the PyTorch factory or the Hugging Face folder",
-            )
         allowed = ("l1", "l2", "activation") if hf else ("l1", "l2", "bn_scale", "taylor")
         if step.criterion is not None and step.criterion not in allowed:
             raise UsageError(
@@ -89,6 +99,35 @@ def check_steps(ctx) -> None:
                     field=f"{where}.protect",
                     fix=f"use names from model.named_modules(), e.g. {', '.join(list(names)[1:4])}",
                 )
+
+
+def _check_student(ctx, step: StudentStep, where: str, hf: bool) -> None:
+    if hf and step.factory is not None:
+        raise UsageError(
+            "a transformer student is made from the teacher's layers",
+            path=ctx.loaded.path,
+            field=f"{where}.factory",
+            fix="use layers: [0, 2, 4] or depth: 3",
+        )
+    if not hf and step.factory is None:
+        raise UsageError(
+            "a PyTorch student needs its architecture",
+            path=ctx.loaded.path,
+            field=where,
+            fix="give factory: module.py:build_student (a smaller nn.Module with the same inputs and outputs)",
+        )
+    if hf:
+        from exporter.compress.encoder import find_encoder
+
+        n = len(find_encoder(ctx.model.module).encoder.layer)
+        layers = step.layers if step.layers is not None else []
+        if any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers) or (step.depth or 1) > n:
+            raise UsageError(
+                f"student {step.model_dump(exclude_none=True)} for an encoder of {n} layers",
+                path=ctx.loaded.path,
+                field=where,
+                fix=f"give distinct layer indices in 0..{n - 1}, or a depth of at most {n}",
+            )
 
 
 # --- measuring the student -------------------------------------------------------------------
@@ -348,7 +387,7 @@ def run_distill(state: _State, step: DistillStep, where: str) -> dict:
         from exporter.compress.encoder import find_encoder
 
         teacher_layers = list(find_encoder(ctx.model.module).encoder.layer)
-        kept = [i for i in range(len(teacher_layers)) if i not in set(state.dropped_layers)]
+        kept = state.kept_layers if state.kept_layers is not None else list(range(len(teacher_layers)))
         pairs = list(zip(_encoder(state).encoder.layer, [teacher_layers[i] for i in kept], strict=True))
     labels = data.labels if loss == "kd" else None
     result = distill(
@@ -363,7 +402,134 @@ def run_distill(state: _State, step: DistillStep, where: str) -> dict:
     }
 
 
-STEPS: dict[str, Callable[[_State, Any, str], dict]] = {"prune": run_prune, "distill": run_distill}
+# --- student -------------------------------------------------------------------------------
+
+
+def student_layers(step: StudentStep, n: int) -> list[int]:
+    """The teacher layers a shallower student keeps: as given, or `depth` evenly spaced from the
+    first to the last (the last layer's output is what the embedding pools)."""
+    if step.layers is not None:
+        return sorted(step.layers)
+    if step.depth == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (step.depth - 1)) for i in range(step.depth)})
+
+
+def _build_student(ctx, step: StudentStep, where: str):
+    from exporter.callables import call_user
+
+    return call_user(
+        step.factory,
+        ctx.loaded.path.parent,
+        ctx.loaded.path,
+        f"{where}.factory",
+        "student factory",
+        "fix the function so it returns an nn.Module",
+    )
+
+
+def run_student(state: _State, step: StudentStep, where: str) -> dict:
+    ctx = state.ctx
+    if ctx.model.kind == "hf":
+        from exporter.compress.encoder import apply_plan
+
+        bert = _encoder(state)
+        n = len(bert.encoder.layer)
+        keep = student_layers(step, n)
+        drop = [i for i in range(n) if i not in keep]
+        apply_plan(bert, {"drop_layers": drop, "prune_heads": {}, "keep_ffn": {}})
+        return {"kept_layers": keep, "dropped_layers": drop, "init": "teacher layers"}
+    import torch
+    from torch import nn
+
+    student = _build_student(ctx, step, where)
+    if not isinstance(student, nn.Module):
+        raise UsageError(
+            f"the student factory returned {type(student).__name__}, not an nn.Module",
+            path=ctx.loaded.path,
+            field=f"{where}.factory",
+            fix="return a torch.nn.Module",
+        )
+    example = _example(ctx)
+    with torch.no_grad():
+        want, got = ctx.model.module.eval()(*example), student.eval()(*example)
+    if tuple(got.shape) != tuple(want.shape):
+        raise UsageError(
+            f"the student's output shape {tuple(got.shape)} differs from the teacher's {tuple(want.shape)}",
+            path=ctx.loaded.path,
+            field=f"{where}.factory",
+            fix="build the student with the teacher's inputs and outputs",
+        )
+    state.student = student
+    return {"init": "factory", "factory": step.factory}
+
+
+# --- lowrank -------------------------------------------------------------------------------
+
+
+def run_lowrank(state: _State, step: LowrankStep, where: str) -> dict:
+    from exporter.compress import lowrank
+
+    ctx = state.ctx
+    hf = ctx.model.kind == "hf"
+    root = _encoder(state) if hf else state.student
+    align = step.align or state.align
+    never: set[str] = set()
+    if not hf:
+        from exporter.compress.channels import last_layer
+
+        last = last_layer(state.student, _example(ctx))
+        never = {last} if last else set()
+    include = step.layers or (["encoder.layer.*"] if hf else [])
+    layers = lowrank.eligible(root, include, step.protect, never, step.conv)
+    if not layers:
+        raise UsageError(
+            "no layer can be factorised (no Linear or ungrouped Conv2d matches)",
+            path=ctx.loaded.path,
+            field=f"{where}.layers",
+            fix="check the module-name patterns against model.named_modules()",
+        )
+    kinds = {n: lowrank._kind(m, step.conv) for n, m in layers.items()}
+    grams = None
+    if step.criterion == "activation":
+        if hf:
+            batches = _text_batches(ctx)
+            mask_index = [s.name for s in ctx.inputs].index("attention_mask")
+        else:
+            batches, mask_index = [_calibration_batch(ctx, 256)[0]], None
+        log.info(f"  lowrank: input statistics of {len(layers)} layers on the calibration data")
+        grams = lowrank._gram_inputs(root, layers, kinds, batches, state.student, mask_index)
+    positions = lowrank.output_positions(root, layers, state.student, _example(ctx))
+    cands = lowrank.candidates(root, layers, step.conv, positions, grams)
+    base_macs, _ = _costs(state)
+    ranks, energy = lowrank.choose_ranks(cands, align, step.goal.energy, step.goal.macs, base_macs)
+    plan = {
+        "layers": {
+            n: {"kind": cands[n].kind, "rank": r, "shape": [cands[n].m, cands[n].n], "bound": round(cands[n].bound, 1)}
+            for n, r in sorted(ranks.items())
+        },
+        "energy": round(energy, 6),
+        "align": align,
+        "root": "encoder" if hf else "model",
+    }
+    lowrank.apply(root, plan, grams)
+    kept = sorted(n for n in layers if n not in ranks)
+    log.info(f"  lowrank: {len(ranks)} of {len(layers)} layers factorised at energy {energy:.4f}")
+    return {
+        "criterion": step.criterion,
+        "whitened": sorted(n for n in ranks if grams is not None and n in grams),
+        "plan": plan,
+        "kept_dense": kept,  # not cheaper at the rank their energy needs: left as they were
+        "goal": step.goal.model_dump(exclude_none=True),
+    }
+
+
+STEPS: dict[str, Callable[[_State, Any, str], dict]] = {
+    "student": run_student,
+    "prune": run_prune,
+    "lowrank": run_lowrank,
+    "distill": run_distill,
+}
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -430,8 +596,10 @@ def compress(ctx, align: int, latency: dict | None = None) -> Compressed:
         where = f"compress[{i}].{item.kind}"
         log.info(f"[{r.name}] {where}")
         info = STEPS[item.kind](state, item.settings, where)
-        if item.kind == "prune" and "plan" in info:
-            state.dropped_layers = info["plan"]["drop_layers"]
+        dropped = info.get("dropped_layers") or info.get("plan", {}).get("drop_layers") or []
+        if dropped and ctx.model.kind == "hf":
+            current = state.kept_layers or list(range(len(dropped) + len(_encoder(state).encoder.layer)))
+            state.kept_layers = [t for i, t in enumerate(current) if i not in set(dropped)]
         after = _quality(state)
         state.records.append(after)
         log.info(
@@ -441,19 +609,36 @@ def compress(ctx, align: int, latency: dict | None = None) -> Compressed:
         steps.append({"step": item.kind, "settings": item.settings.model_dump(mode="json"), **info, "after": after})
     record = {"teacher": before, "student": state.records[-1], "steps": steps, "align": align, "latency": latency}
     with cache.storing(key) as entry:
-        _save(ctx, state.student, entry)
+        _save(ctx, state.student, entry, record)
         (entry / "record.json").write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
     record["cache"] = {"key": key, "hit": False}
     # Always reload from the entry, so a fresh and a cached build ship the very same model.
     return Compressed(model=_restore(ctx, cache.lookup(key), record), record=record)
 
 
-def _save(ctx, student, entry: Path) -> None:
-    """Write the student into the cache entry: safetensors weights (+ the pruning history in the
-    record for CNNs, whose architecture is replayed), or a whole transformers folder."""
+def _lowrank_plan(record: dict) -> dict | None:
+    return next((s["plan"] for s in record["steps"] if s["step"] == "lowrank"), None)
+
+
+def _save(ctx, student, entry: Path, record: dict) -> None:
+    """Write the student into the cache entry: safetensors weights (+ the pruning history and
+    factorisation plan in the record, replayed to rebuild the architecture), or a whole
+    transformers folder. A factorised transformer's folder holds its dense equivalent (the
+    factors multiplied back: a config knows no ranks) and the factors themselves beside it."""
+    from safetensors.torch import save_file
+
     if ctx.model.kind == "hf":
         from sentence_transformers import SentenceTransformer
 
+        from exporter.compress.encoder import find_encoder
+
+        if _lowrank_plan(record) is not None:
+            from exporter.compress.lowrank import merge
+
+            tensors = {k: v.detach().contiguous() for k, v in find_encoder(student).state_dict().items()}
+            save_file(tensors, str(entry / "lowrank.safetensors"))
+            student = copy.deepcopy(student)
+            merge(find_encoder(student))
         inner = student.model
         target = entry / "model"
         if isinstance(inner, SentenceTransformer):  # modules.json, pooling, normalisation, tokenizer
@@ -462,28 +647,38 @@ def _save(ctx, student, entry: Path) -> None:
             inner.save_pretrained(str(target), safe_serialization=True)
             ctx.model.hf.tokenizer.save_pretrained(str(target))
         return
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
     save_file(state, str(entry / "student.safetensors"))
 
 
 def _restore(ctx, entry: Path, record: dict):
+    from safetensors.torch import load_file
+
+    from exporter.compress import lowrank
     from exporter.digest import sha256_file
     from exporter.sources import LoadedModel
 
+    plan = _lowrank_plan(record)
     if ctx.model.kind == "hf":
+        from exporter.compress.encoder import find_encoder
         from exporter.hf.source import load_hf
 
-        spec = ctx.loaded.recipe.model.model_copy(update={"folder": str(entry / "model"), "folder_from": None})
-        return load_hf(spec, ctx.loaded)
-    from safetensors.torch import load_file
+        def refactor(model) -> None:
+            bert = find_encoder(model)
+            lowrank.replay(bert, plan)
+            bert.load_state_dict(load_file(str(entry / "lowrank.safetensors")), strict=True)
 
+        spec = ctx.loaded.recipe.model.model_copy(update={"folder": str(entry / "model"), "folder_from": None})
+        return load_hf(spec, ctx.loaded, transform=refactor if plan is not None else None)
     from exporter.compress.channels import replay
 
     student = copy.deepcopy(ctx.model.module)
-    for step in record["steps"]:
-        if step["step"] == "prune":
+    for i, step in enumerate(record["steps"]):
+        if step["step"] == "student":
+            student = _build_student(ctx, ctx.loaded.recipe.compress[i].student, f"compress[{i}].student")
+        elif step["step"] == "prune":
             replay(student, _example(ctx), step["history"])
+        elif step["step"] == "lowrank":
+            lowrank.replay(student, step["plan"])
     student.load_state_dict(load_file(str(entry / "student.safetensors")), strict=True)
     return LoadedModel(kind="torch", module=student.eval(), weights_sha256=sha256_file(entry / "student.safetensors"))

@@ -41,7 +41,7 @@ def costs(module, example: tuple) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def _last_layer(module, example: tuple) -> str | None:
+def last_layer(module, example: tuple) -> str | None:
     """The last Conv/Linear to run: it produces the outputs, whose width the user's code depends on."""
     import torch
     from torch import nn
@@ -108,7 +108,7 @@ def prune_channels(
             field=f"{field_name}.criterion",
             fix="give data.calibration, or use l1/l2",
         )
-    last = _last_layer(module, example)
+    last = last_layer(module, example)
     protected = list(dict.fromkeys([*settings.protect, *([last] if last else [])]))
     pruner = tp.pruner.MetaPruner(
         module,

@@ -37,16 +37,6 @@ def _shape(bert) -> dict:
     }
 
 
-def encoder_macs(heads: list[int], ffn: list[int], hidden: int, head_dim: int, seq: int) -> int:
-    """MACs of the encoder layers for one sequence: Q/K/V/O projections, the two attention
-    products and the two feed-forward matrices (embeddings and pooling are negligible)."""
-    total = 0
-    for h, f in zip(heads, ffn, strict=True):
-        inner = h * head_dim
-        total += 4 * seq * hidden * inner + 2 * seq * seq * inner + 2 * seq * hidden * f
-    return total
-
-
 def _scores(bert, p: int) -> tuple[list[list[float]], list[list[float]]]:
     """Per head and per FFN neuron: the L1/L2 norm of every weight that belongs to it only."""
     import torch
@@ -214,11 +204,18 @@ def apply_plan(bert, plan: dict) -> None:
 
 
 def costs_of(bert, seq: int) -> tuple[int, int]:
-    """(encoder MACs at this sequence length, parameters of the whole model)."""
-    s = _shape(bert)
-    return encoder_macs(s["heads"], s["ffn"], s["hidden"], s["head_dim"], seq), sum(
-        p.numel() for p in bert.parameters()
-    )
+    """(encoder MACs at this sequence length, parameters of the whole model). Counted from the
+    layers' own modules, so pruned heads/neurons and factorised (low-rank) projections count as
+    what they are: every Linear inside the encoder layers once per token, plus the two attention
+    products."""
+    from torch import nn
+
+    total = 0
+    for layer in bert.encoder.layer:
+        att = layer.attention.self
+        total += 2 * seq * seq * att.num_attention_heads * att.attention_head_size
+        total += sum(seq * m.in_features * m.out_features for m in layer.modules() if isinstance(m, nn.Linear))
+    return total, sum(p.numel() for p in bert.parameters())
 
 
 def fraction_for_macs(

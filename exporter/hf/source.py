@@ -104,7 +104,8 @@ def check_folder_safety(folder: Path, spec: HFSource, where: Path) -> None:
 
 
 def _reference_module(folder: Path, spec: HFSource, names: list[str]):
-    """The FP32 PyTorch model every variant is judged against, called with the ONNX inputs in graph order."""
+    """The FP32 PyTorch model every variant is judged against, called with the ONNX inputs in
+    graph order (`names`, which may be set after the export that fixes them)."""
     import torch
 
     if spec.task == "sentence-embedding":
@@ -138,16 +139,21 @@ def _reference_module(folder: Path, spec: HFSource, names: list[str]):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.names = list(names)
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return pick(self.model, dict(zip(names, tensors, strict=True)))
+            return pick(self.model, dict(zip(self.names, tensors, strict=True)))
 
     return ByName().eval()
 
 
-def export_canonical(folder: Path, spec: HFSource, out_dir: Path, opset: int, where: Path) -> tuple[Path, str]:
-    """optimum's exporter, offline, dynamic axes; keeps only the output the user wants."""
-    from optimum.exporters.onnx import main_export
+def export_canonical(
+    folder: Path, spec: HFSource, out_dir: Path, opset: int, where: Path, model=None
+) -> tuple[Path, str]:
+    """optimum's exporter, offline, dynamic axes; keeps only the output the user wants. `model`:
+    export this loaded model instead of the folder's (an architecture its config cannot describe,
+    such as low-rank factorised projections)."""
+    from optimum.exporters.onnx import main_export, onnx_export_from_model
 
     task, library, wanted = _TASKS[spec.task]
     quiet = [logging.getLogger(n) for n in ("optimum", "transformers", "sentence_transformers")]
@@ -157,16 +163,19 @@ def export_canonical(folder: Path, spec: HFSource, out_dir: Path, opset: int, wh
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            main_export(
-                str(folder),
-                output=str(out_dir),
-                task=task,
-                library_name=library,
-                opset=opset,
-                device="cpu",
-                do_validation=False,
-                trust_remote_code=spec.trust_remote_code,
-            )
+            if model is not None:
+                onnx_export_from_model(model, str(out_dir), opset=opset, task=task, device="cpu", do_validation=False)
+            else:
+                main_export(
+                    str(folder),
+                    output=str(out_dir),
+                    task=task,
+                    library_name=library,
+                    opset=opset,
+                    device="cpu",
+                    do_validation=False,
+                    trust_remote_code=spec.trust_remote_code,
+                )
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(
@@ -195,7 +204,9 @@ def export_canonical(folder: Path, spec: HFSource, out_dir: Path, opset: int, wh
     return path, wanted
 
 
-def load_hf(spec: HFSource, loaded: LoadedRecipe):
+def load_hf(spec: HFSource, loaded: LoadedRecipe, transform=None):
+    """`transform(model)`: changes the loaded model in place before it is exported and used as
+    the reference (compression restores a factorised student this way)."""
     from exporter.sources import LoadedModel
 
     folder = resolve_folder(spec, loaded)
@@ -214,9 +225,17 @@ def load_hf(spec: HFSource, loaded: LoadedRecipe):
             fix="the folder needs the tokenizer files saved with the model",
         ) from None
     workdir = tempfile.TemporaryDirectory(prefix="edgex-hf-")
-    canonical, output = export_canonical(folder, spec, Path(workdir.name), 18, loaded.path)
+    module = None
+    if transform is not None:
+        module = _reference_module(folder, spec, [])
+        transform(module.model)
+    canonical, output = export_canonical(
+        folder, spec, Path(workdir.name), 18, loaded.path, model=None if module is None else module.model
+    )
     graph_inputs = [i.name for i in onnx.load(str(canonical), load_external_data=False).graph.input]
-    module = _reference_module(folder, spec, graph_inputs)
+    if module is None:
+        module = _reference_module(folder, spec, graph_inputs)
+    module.names = graph_inputs
     inputs = [
         InputSpec(
             name=n, shape=[spec.batch, spec.sequence_length], dtype="int64", dynamic_axes={0: "batch", 1: "sequence"}
