@@ -249,3 +249,27 @@ def test_bad_lowrank_and_student_steps_are_one_line_errors(tmp_path, compress, f
     assert field in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("edgex: error:")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_user_supplied_student_is_distilled_and_restored(tmp_path):
+    recipe = write_tiny_project(
+        tmp_path,
+        metric="top1",
+        compress=[
+            {"student": {"factory": "tiny_models.py:build_tiny_student"}},
+            {"distill": {"epochs": 3, "batch_size": 8, "lr": 0.01, "threads": 1, "augment": False}},
+        ],
+        profiles=["raspberry-pi-5-cpu"],
+        quantize={"enabled": False},
+    )
+    proc = run_cli("build", str(recipe), "--json", env={"EDGEX_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    prof = m["profiles"][0]
+    v = {x["name"]: x for x in prof["variants"]}
+    assert v["compressed"]["macs"] < 0.5 * v["baseline"]["macs"]
+    assert v["compressed"]["produced_by"]["parity"]["ok"]  # restored from the cache: factory + weights
+    record = m["compression"][prof["compression"]]
+    assert record["steps"][0]["init"] == "factory"
+    losses = [h["validation_loss"] for h in record["steps"][1]["history"]]
+    assert min(losses[1:]) < losses[0]  # the student learns the teacher

@@ -45,3 +45,22 @@ class TinyNet(nn.Module):
 def build_tiny() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet()
+
+
+class TinyStudent(nn.Module):
+    """A user-supplied student for TinyNet: same input and output, a plain narrow stack."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU()
+        )
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(image).mean(dim=(2, 3)))
+
+
+def build_tiny_student() -> TinyStudent:
+    torch.manual_seed(1)
+    return TinyStudent()

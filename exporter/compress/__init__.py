@@ -550,22 +550,33 @@ def _key(ctx, align: int, latency: dict | None) -> str:
 
     versions = tool_versions()
     r = ctx.loaded.recipe
-    return cache.cache_key(
-        {
-            "teacher": _teacher_digest(ctx),
-            "model": r.model.model_dump(),
-            "inputs": [i.model_dump() for i in ctx.inputs],
-            "steps": [s.model_dump() for s in r.compress],
-            "calibration": ctx.calibration.digest,
-            "evaluation": ctx.evaluation.digest,
-            "metric": ctx.metric_name,
-            "seed": r.seed,
-            "align": align,
-            "latency": latency,
-            "versions": {k: versions.get(k) for k in ("edgex", "torch", "transformers", "sentence-transformers")},
-            "torch_pruning": _version("torch-pruning"),
-        }
-    )
+    facts = {
+        "teacher": _teacher_digest(ctx),
+        "model": r.model.model_dump(),
+        "inputs": [i.model_dump() for i in ctx.inputs],
+        "steps": [{s.kind: s.settings.model_dump()} for s in r.compress],
+        "calibration": ctx.calibration.digest,
+        "evaluation": ctx.evaluation.digest,
+        "metric": ctx.metric_name,
+        "seed": r.seed,
+        "align": align,
+        "latency": latency,
+        "versions": {k: versions.get(k) for k in ("edgex", "torch", "transformers", "sentence-transformers")},
+        "torch_pruning": _version("torch-pruning"),
+    }
+    code = [_code_digest(ctx, s.student.factory) for s in r.compress if s.student and s.student.factory]
+    if code:  # only when a student is user code, so keys of other recipes stay as they were
+        facts["student_code"] = code
+    return cache.cache_key(facts)
+
+
+def _code_digest(ctx, spec: str) -> str:
+    """A user-supplied student's source file bytes: an edited architecture must not hit an old entry."""
+    from exporter.digest import sha256_file
+
+    module = spec.rsplit(":", 1)[0]
+    path = ctx.loaded.resolve(module)
+    return sha256_file(path) if module.endswith(".py") and path.is_file() else module
 
 
 def _version(dist: str) -> str | None:
