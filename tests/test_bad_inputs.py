@@ -221,9 +221,7 @@ def case_version_2(tmp_path):
 
 def case_compress_step(tmp_path):
     recipe = project(tmp_path, compress=[{"prune": {"amount": 0.5}}])
-    return Expect(
-        build(recipe), recipe, "compress.0.prune.amount", ("unknown key", "goal"), project=recipe.parent
-    )
+    return Expect(build(recipe), recipe, "compress.0.prune.amount", ("unknown key", "goal"), project=recipe.parent)
 
 
 def case_unknown_profile(tmp_path):
