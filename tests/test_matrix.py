@@ -164,6 +164,25 @@ def test_changing_one_input_changes_only_the_affected_cells(tmp_path, monkeypatc
     assert changed(plan()) == set(base)
 
 
+def test_a_data_callable_is_keyed_by_the_values_it_returns(tmp_path, monkeypatch):
+    """A callable reading a file the recipe never names still moves the key when that file changes."""
+    data = {"calibration": {"callable": "loader.py:calibration"}, "evaluation": {"npz": "eval.npz"}}
+    folder = tmp_path / "d"
+    write_tiny_project(folder, name="tiny-d", data=data)
+    (folder / "loader.py").write_text(
+        "from pathlib import Path\n\nimport numpy as np\n\n\ndef calibration():\n"
+        "    return dict(np.load(Path(__file__).parent / 'elsewhere.npz'))\n"
+    )
+    np.savez(folder / "elsewhere.npz", image=np.zeros((8, 3, 16, 16), np.float32))
+    monkeypatch.chdir(tmp_path)
+    first = make_plan([Path("d/recipe.yaml")], ["raspberry-pi-5-cpu"])
+    roles = [i["role"] for i in first["cells"][0]["inputs"]]
+    assert "data.calibration.callable" in roles and "data.calibration.values" in roles
+    np.savez(folder / "elsewhere.npz", image=np.ones((8, 3, 16, 16), np.float32))
+    second = make_plan([Path("d/recipe.yaml")], ["raspberry-pi-5-cpu"])
+    assert _keys(first) != _keys(second)
+
+
 def test_shards_partition_the_matrix_and_limits_are_enforced(tmp_path, monkeypatch):
     root = make_projects(tmp_path)
     monkeypatch.chdir(root)
@@ -179,6 +198,18 @@ def test_shards_partition_the_matrix_and_limits_are_enforced(tmp_path, monkeypat
         make_plan(recipes, profiles, [root / "lab"], max_cells=2)
     with pytest.raises(UsageError, match="not a shard"):
         matrix_plan.parse_shard("3/2")
+
+
+def test_runner_overrides_inherit_what_they_do_not_say():
+    runners = matrix_plan.Runners.model_validate(
+        {
+            "default": {"labels": ["x"], "resources": {"board": 1}},
+            "profiles": {"p": {"labels": ["y"]}, "q": {"resources": {}}},
+        }
+    )
+    assert matrix_plan.runner_for(runners, "p") == {"labels": ["y"], "resources": {"board": 1}}
+    assert matrix_plan.runner_for(runners, "q") == {"labels": ["x"], "resources": {}}
+    assert matrix_plan.runner_for(runners, "other") == {"labels": ["x"], "resources": {"board": 1}}
 
 
 def test_unusable_plans_are_refused_in_one_line(tmp_path):

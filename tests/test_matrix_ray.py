@@ -48,7 +48,7 @@ def test_ray_never_runs_two_cells_on_one_board_and_a_failure_hides_nothing(clust
         yaml.safe_dump(
             {
                 "default": {"labels": ["self-hosted", "board"], "resources": {"board": 1}},
-                "profiles": {"sa8295p-qnn": {"labels": ["ubuntu-latest"]}},
+                "profiles": {"sa8295p-qnn": {"labels": ["ubuntu-latest"], "resources": {}}},
             }
         )
     )

@@ -89,34 +89,48 @@ def run_cell_process(job: CellJob) -> dict:
         error = data["error"]["message"]
     elif code not in (0, 1):
         error = _tail(proc.stderr, 1) or f"exit code {code}"
+    result = record(
+        job,
+        code,
+        error,
+        ok=bool(data.get("ok", False)) if code in (0, 1) else False,
+        cached=bool(data.get("cached", False)),
+        started=started,
+        ended=ended,
+    )
+    result["stderr_tail"] = _tail(proc.stderr) if code else ""
+    return result
+
+
+def record(
+    job: CellJob,
+    code: int,
+    error: str | None,
+    *,
+    ok: bool = False,
+    cached: bool = False,
+    started: float | None = None,
+    ended: float | None = None,
+) -> dict:
+    """One cell's result in the shape every executor returns."""
+    ended = time.time() if ended is None else ended
+    started = ended if started is None else started
     return {
         "cell": job.cell,
         "exit_code": code,
-        "ok": data.get("ok", False) if code in (0, 1) else False,
-        "cached": data.get("cached", False),
+        "ok": ok,
+        "cached": cached,
         "out": job.out,
         "started": started,
         "ended": ended,
         "seconds": round(ended - started, 3),
         "error": error,
-        "stderr_tail": _tail(proc.stderr) if code else "",
+        "stderr_tail": "",
     }
 
 
 def failure(job: CellJob, code: int, message: str) -> dict:
-    now = time.time()
-    return {
-        "cell": job.cell,
-        "exit_code": code,
-        "ok": False,
-        "cached": False,
-        "out": job.out,
-        "started": now,
-        "ended": now,
-        "seconds": 0.0,
-        "error": message,
-        "stderr_tail": "",
-    }
+    return record(job, code, message)
 
 
 class _Capacity:
@@ -241,9 +255,7 @@ def run_plan(
         if hit is None:
             jobs.append(job)
         else:
-            results.append({**failure(job, 0, ""), "ok": hit["ok"], "cached": True, "started": started, "error": None})
-            results[-1]["ended"] = time.time()
-            results[-1]["seconds"] = round(results[-1]["ended"] - started, 3)
+            results.append(record(job, 0, None, ok=hit["ok"], cached=True, started=started))
     log.info(f"{len(results)} cell(s) from the cache or refused, {len(jobs)} to build with '{executor}'")
     if jobs:
         results += EXECUTORS[executor](jobs, settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from exporter.digest import sha256_file
@@ -67,8 +68,11 @@ def check_cells(paths: list[Path], plan: dict | None = None) -> tuple[list[dict]
             problems.append({"cell": cid, "problem": f"duplicate: {ids[cid]} and {c['path']}"})
         else:
             ids[cid] = c["path"]
-    expected_id = plan["matrix_id"] if plan else cells[0]["cell"]["matrix"]["id"]
-    expected = sorted(c["id"] for c in plan["cells"]) if plan else cells[0]["cell"]["matrix"]["cells"]
+    if plan:
+        expected_id, expected = plan["matrix_id"], sorted(c["id"] for c in plan["cells"])
+    else:  # the plan most cells name; a stale cell from an older plan is the odd one out
+        expected_id = Counter(c["cell"]["matrix"]["id"] for c in cells).most_common(1)[0][0]
+        expected = next(c["cell"]["matrix"]["cells"] for c in cells if c["cell"]["matrix"]["id"] == expected_id)
     for c in cells:
         if c["cell"]["matrix"]["id"] != expected_id:
             problems.append({"cell": c["cell"]["id"], "problem": f"belongs to another plan ({c['path']})"})

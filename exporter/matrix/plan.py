@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from exporter import cache as store
+from exporter import log
 from exporter.errors import UsageError
 from exporter.matrix.inputs import profile_inputs, recipe_inputs, toolchain
 from exporter.profiles import get_profiles
@@ -71,6 +72,15 @@ def portable(path: Path) -> str:
     return absolute.as_posix()
 
 
+def runner_for(runners: Runners, profile_id: str) -> dict:
+    """The default runner with the profile's own fields laid over it (labels, resources or both)."""
+    own = runners.profiles.get(profile_id)
+    return {
+        **runners.default.model_dump(mode="json"),
+        **(own.model_dump(mode="json", exclude_unset=True) if own else {}),
+    }
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -117,7 +127,8 @@ def describe_cells(
         raise UsageError(
             f"profile(s) {', '.join(dupes)} listed twice", path=where, field="profiles", fix="list each profile once"
         )
-    shared = recipe_inputs(loaded)
+    with log.stdout_to_stderr():  # data callables are user code: their prints must not corrupt --json
+        shared = recipe_inputs(loaded)
     tools = toolchain()
     recipe_cfg = r.model_dump(mode="json")
     cells = []
@@ -125,7 +136,7 @@ def describe_cells(
         target, own = profile_inputs(profile, profiles_dirs)
         for precision in r.quantize.precisions if r.quantize.enabled else ["fp32"]:
             target.refuse_precision(precision, loaded.path, profile.id)
-        runner = runners.profiles.get(profile.id, runners.default).model_dump(mode="json")
+        runner = runner_for(runners, profile.id)
         inputs = shared + own
         key = cell_key(
             inputs,
