@@ -154,7 +154,11 @@ def build(
     if recipe is None:
         from exporter.errors import UsageError
 
-        raise UsageError("no recipe given", field="RECIPE", fix="give a RECIPE, or --plan plan.json --cell ID")
+        raise UsageError(
+            "Missing argument 'RECIPE'",
+            field="RECIPE",
+            fix="give a RECIPE, or --plan plan.json --cell ID (see `edgex build --help`)",
+        )
     from exporter.pipeline import build as run_build
 
     manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
