@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_tiny_project
+from conftest import run_cli, write_tiny_project
 
 ray = pytest.importorskip("ray")
 
@@ -20,6 +20,26 @@ from exporter.verify import verify  # noqa: E402
 
 FAST_QUANT = {"calibration_samples": 16, "dynamic": False, "speed_guard": False}
 BOARD_CELLS = ["ray-a--raspberry-pi-5-cpu", "ray-b--raspberry-pi-5-cpu"]
+
+
+def test_edgex_run_starts_its_own_cluster_with_the_given_resources(tmp_path):
+    """`edgex run --executor ray` (CLI) starts a local cluster with -j CPUs and --resource capacities.
+
+    First in this file, before the module's in-process cluster exists. The cell asks for a board
+    the new cluster lacks, so it fails alone with a fix, without building anything.
+    """
+    write_tiny_project(tmp_path / "a", name="ray-cli", quantize=FAST_QUANT, profiles=["raspberry-pi-5-cpu"])
+    (tmp_path / "runners.yaml").write_text(yaml.safe_dump({"default": {"resources": {"board-orin": 1}}}))
+    env = {"EDGEX_CACHE_DIR": str(tmp_path / "cache")}
+    plan = run_cli("plan", "a/recipe.yaml", "--runners", "runners.yaml", "-o", "plan.json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    proc = run_cli(
+        "run", "--plan", "plan.json", "--executor", "ray", "-j", "1", "--resource", "board-rpi5=1", "--json",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (cell,) = json.loads(proc.stdout)["cells"]
+    assert cell["exit_code"] == 2 and "no resource board-orin" in cell["error"]
 
 
 @pytest.fixture(scope="module")
