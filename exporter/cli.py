@@ -121,24 +121,44 @@ def _summary(manifest: dict) -> str:
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--profile", "profiles", multiple=True, help="Build for this profile id (repeatable; replaces the recipe's list)."
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the recipe's `output`).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Build one cell of this plan (with --cell).")
+@click.option("--cell", "cell_id", help="The id of the cell to build from --plan (default --out: out/<ID>).")
 @JSON_OPT
 @click.pass_context
 @command
 def build(
-    ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path | None, junit: Path | None, as_json: bool
+    ctx: click.Context,
+    recipe: Path | None,
+    profiles: tuple[str, ...],
+    out: Path | None,
+    junit: Path | None,
+    plan_path: Path | None,
+    cell_id: str | None,
+    as_json: bool,
 ) -> int:
     """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
 
     \b
     Writes OUT/<profile>/{baseline,int8}.onnx, OUT/manifest.json, OUT/report.md and a plot.
     Exit 1 when a profile misses a budget (artifacts are still written).
+    With --plan P --cell ID: one cell of a release matrix, from the cache when its key is there.
     """
+    if plan_path is not None or cell_id is not None:
+        return _build_cell(recipe, profiles, out, junit, plan_path, cell_id, as_json)
+    if recipe is None:
+        from exporter.errors import UsageError
+
+        raise UsageError(
+            "Missing argument 'RECIPE'",
+            field="RECIPE",
+            fix="give a RECIPE, or --plan plan.json --cell ID (see `edgex build --help`)",
+        )
     from exporter.pipeline import build as run_build
 
     manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
@@ -500,7 +520,7 @@ def compare(old: Path, new: Path, rounds: int, floor: float, as_json: bool) -> i
 @JSON_OPT
 @command
 def verify(folder: Path, as_json: bool) -> int:
-    """Re-hash every file of a release against its manifest; exit 1 on any changed, missing or extra file."""
+    """Re-hash every file of a release (a folder, or a merged release.json) against its manifest; exit 1 on any change."""
     from exporter.verify import verify as run_verify
 
     result = run_verify(folder)
@@ -552,6 +572,211 @@ def schema(kind: str, as_json: bool) -> int:
     model = {"recipe": Recipe, "profile": DeviceProfile, "target": Target}[kind]
     click.echo(json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True))
     return 0
+
+
+def _build_cell(
+    recipe: Path | None,
+    profiles: tuple[str, ...],
+    out: Path | None,
+    junit: Path | None,
+    plan_path: Path | None,
+    cell_id: str | None,
+    as_json: bool,
+) -> int:
+    from exporter.errors import UsageError
+    from exporter.matrix.cell import build_cell
+
+    if plan_path is None or cell_id is None:
+        raise UsageError(
+            "--plan and --cell go together", field="--plan/--cell", fix="give both, e.g. --plan plan.json --cell ID"
+        )
+    if recipe is not None or profiles:
+        raise UsageError(
+            "a cell names its recipe and profile", field="RECIPE/--profile", fix="drop RECIPE and --profile with --plan"
+        )
+    result = build_cell(plan_path, cell_id, out)
+    if junit is not None:
+        from exporter.junit import from_manifest, write_junit
+
+        write_junit(junit, from_manifest(result["manifest"]))
+    _emit(
+        result,
+        as_json,
+        lambda r: (
+            f"{r['cell']}: {'from the cache' if r['cached'] else 'built'} into {r['out']}\n" + _summary(r["manifest"])
+        ),
+    )
+    return 0 if result["ok"] else EXIT_GATE
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--profiles",
+    "profile_ids",
+    multiple=True,
+    help="Profile ids for every recipe (repeatable or comma-separated; default: each recipe's own list).",
+)
+@click.option("--shard", help="k/N: only the k-th of N parts of the matrix (CI job limits: GitHub 256, GitLab 200).")
+@click.option("--only-changed", is_flag=True, help="Leave out of the matrix the cells already in the cache.")
+@click.option("--runners", type=click.Path(path_type=Path), help="YAML: runner labels and Ray resources per profile.")
+@click.option(
+    "--max-cells",
+    type=click.IntRange(0),
+    default=256,
+    show_default=True,
+    help="Refuse a matrix larger than this (0: no limit).",
+)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The plan.json to write.")
+@click.option("--gitlab", type=click.Path(path_type=Path), help="Also write a GitLab child pipeline here.")
+@click.option(
+    "--gitlab-template",
+    default=".gitlab/edgex-cell.yml",
+    show_default=True,
+    help="Repository file defining the `.edgex-cell` job template the child pipeline includes.",
+)
+@JSON_OPT
+@click.pass_context
+@command
+def plan(
+    ctx: click.Context,
+    recipes: tuple[Path, ...],
+    profile_ids: tuple[str, ...],
+    shard: str | None,
+    only_changed: bool,
+    runners: Path | None,
+    max_cells: int,
+    out: Path,
+    gitlab: Path | None,
+    gitlab_template: str,
+    as_json: bool,
+) -> int:
+    """Plan the release matrix of RECIPES x profiles: one cell each, with inputs, cache key and runner.
+
+    \b
+    Example: edgex plan recipes/*.yaml --profiles raspberry-pi-5-cpu,sa8295p-qnn -o plan.json
+    GitHub: strategy.matrix: ${{ fromJson(needs.plan.outputs.matrix) }} with `jq -c .matrix plan.json`.
+    """
+    from exporter.matrix.plan import make_plan, parse_shard, write_json
+
+    ids = [p.strip() for item in profile_ids for p in item.split(",") if p.strip()]
+    result = make_plan(
+        list(recipes), ids or None, ctx.obj["profiles_dirs"], runners, parse_shard(shard), only_changed, max_cells
+    )
+    write_json(out, result)
+    if gitlab is not None:
+        import yaml
+
+        from exporter.matrix.ci import gitlab_child
+
+        child = gitlab_child(result, Path(out).as_posix(), gitlab_template)
+        Path(gitlab).write_text(yaml.safe_dump(child, sort_keys=False, width=1000), encoding="utf-8")
+    summary = {
+        "plan": str(out),
+        "matrix_id": result["matrix_id"],
+        "cells_total": result["cells_total"],
+        "count": result["count"],
+        "shard": {"index": result["shard"]["index"], "count": result["shard"]["count"]},
+        "cells": [c["cell"] for c in result["matrix"]["include"]],
+    }
+    _emit(
+        summary,
+        as_json,
+        lambda r: (
+            f"{r['plan']}: {r['count']} cell(s) to build of {r['cells_total']} "
+            f"(shard {r['shard']['index']}/{r['shard']['count']}, matrix {r['matrix_id'][:12]})"
+        ),
+    )
+    return 0
+
+
+@cli.command()
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), required=True, help="The plan.json to run.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="Cells at once (local; CPUs of a new Ray cluster).",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    help="NAME=N: capacity of a custom resource (a board), for the local pool or a new local Ray cluster.",
+)
+@click.option("--ray-address", help="Join this Ray cluster (e.g. auto) instead of starting a local one.")
+@click.option("--out-root", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@JSON_OPT
+@command
+def run(
+    plan_path: Path,
+    executor: str,
+    jobs: int,
+    resources: tuple[str, ...],
+    ray_address: str | None,
+    out_root: Path,
+    as_json: bool,
+) -> int:
+    """Build every cell of a plan's shard with an executor; cached cells are copied, not rebuilt.
+
+    \b
+    Example: edgex run --plan plan.json --executor ray --resource board-rpi5=1
+    Exit code: the worst of the cells' (a failing cell never hides the others' results).
+    """
+    from exporter.errors import UsageError
+    from exporter.matrix.executors import Settings, run_plan
+
+    capacity = {}
+    for item in resources:
+        name, _, amount = item.partition("=")
+        try:
+            capacity[name.strip()] = float(amount)
+        except ValueError:
+            raise UsageError(
+                f"'{item}' is not NAME=N", field="--resource", fix="e.g. --resource board-rpi5=1"
+            ) from None
+    result = run_plan(plan_path, executor, out_root, Settings(jobs, capacity, ray_address))
+
+    def text(r: dict) -> str:
+        lines = [f"{r['built']} built, {r['cached']} from the cache, {r['failed']} failed ({r['executor']})"]
+        for c in r["cells"]:
+            state = "cached" if c["cached"] else ("ok" if c["exit_code"] == 0 else f"exit {c['exit_code']}")
+            lines.append(f"  {c['cell']:<48} {state:<8} {c['seconds']:7.1f} s  {c['error'] or ''}".rstrip())
+        return "\n".join(lines)
+
+    _emit(result, as_json, text)
+    return result["exit_code"]
+
+
+@cli.command()
+@click.argument("manifests", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The release.json to write.")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Also check the cells against this plan.")
+@JSON_OPT
+@command
+def merge(manifests: tuple[Path, ...], out: Path, plan_path: Path | None, as_json: bool) -> int:
+    """Merge the cells' manifests into release.json; exit 1 on a missing, duplicate or altered cell.
+
+    \b
+    Example: edgex merge out/*/manifest.json -o release.json && edgex verify release.json
+    """
+    from exporter.matrix.merge import merge as run_merge
+    from exporter.matrix.plan import load_plan
+
+    result = run_merge(list(manifests), out, load_plan(plan_path) if plan_path else None)
+
+    def text(r: dict) -> str:
+        if r["problems"]:
+            return "\n".join(["release NOT written:"] + [f"  {p['cell']}: {p['problem']}" for p in r["problems"]])
+        bad = [c["id"] for c in r["cells"] if not c["ok"]]
+        head = f"{out}: {len(r['cells'])} cells, {len(r['files'])} files"
+        return head + (f"; BUDGET MISSED in {', '.join(bad)}" if bad else "; every cell within budget")
+
+    _emit(result, as_json, text)
+    return 0 if result["ok"] else EXIT_GATE
 
 
 def main(argv: list[str] | None = None) -> None:

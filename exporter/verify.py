@@ -16,6 +16,10 @@ from exporter.manifest import MANIFEST
 
 
 def verify(folder: Path) -> dict:
+    if folder.is_file() and folder.name != MANIFEST:  # a merged release.json (edgex merge)
+        from exporter.matrix.merge import verify_release
+
+        return verify_release(folder)
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -1,56 +1,32 @@
-"""A content-addressed cache of compressed models, so a rebuild or another profile does not retrain.
+"""The compression results' view of the shared content-addressed cache (exporter/cache.py).
 
-The key is a sha256 over everything the result depends on: the teacher's weight bytes, the
-input and data digests, every step's settings, the seed, the alignment, and the versions of the
-libraries that do the work (a cache keyed on configuration alone gives wrong hits: Olive #1936).
-Entries are written to a temporary folder and renamed into place, so a killed build or two
-builds sharing the cache never leave half an entry. Weights are stored as safetensors only.
+The key covers the teacher's weight bytes, the input and data digests, every step's settings,
+the seed, the alignment, and the versions of the libraries that do the work. Weights are stored
+as safetensors only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from exporter import cache as _store
+from exporter.cache import cache_root
+
+__all__ = ["FORMAT", "cache_key", "cache_root", "lookup", "storing"]
+
 FORMAT = 1  # bump when what an entry holds changes
-
-
-def cache_root() -> Path:
-    """$EDGEX_CACHE_DIR, else $XDG_CACHE_HOME/edgex, else ~/.cache/edgex."""
-    if os.environ.get("EDGEX_CACHE_DIR"):
-        return Path(os.environ["EDGEX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgex"
+KIND = "compress"
 
 
 def cache_key(facts: dict) -> str:
-    blob = json.dumps({"format": FORMAT, **facts}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _store.cache_key(facts, FORMAT)
 
 
 def lookup(key: str) -> Path | None:
-    entry = cache_root() / "compress" / key
-    return entry if (entry / "record.json").is_file() else None
+    return _store.lookup(KIND, key, "record.json")
 
 
-@contextmanager
-def storing(key: str) -> Iterator[Path]:
+def storing(key: str) -> AbstractContextManager[Path]:
     """Yield a temporary folder to fill; on success it becomes the entry (first writer wins)."""
-    parent = cache_root() / "compress"
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=parent))
-    try:
-        yield tmp
-        try:
-            tmp.rename(parent / key)
-        except OSError:  # another build stored the same entry first: same inputs, same result
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return _store.storing(KIND, key)
