@@ -191,6 +191,7 @@ def test_lowrank_build_ships_a_cheaper_model_with_its_plan(tiny_lowrank_build):
     assert "lowrank" in report
 
 
+@pytest.mark.slow
 def test_bert_lowrank_and_student_export_through_optimum(tmp_path):
     """A factorised BERT (an architecture no config describes) and a 1-layer student, each built
     end to end: cache entry restored, exported by optimum, parity with its PyTorch model."""
