@@ -89,6 +89,15 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path,
     ctx.obj = {"profiles_dirs": profiles_dir}
 
 
+def _sandboxed(task: str, model: Path, payload: dict, extra_seconds: float = 0.0) -> Any:
+    """A model given on the command line: checked here, then run only in the limited child (exporter.isolate)."""
+    from exporter.isolate import limits, run_isolated
+    from exporter.onnx_io import check_onnx_file
+
+    check_onnx_file(model)
+    return run_isolated(task, {"path": str(model), **payload}, model, seconds=limits().seconds + extra_seconds)
+
+
 def _summary(manifest: dict) -> str:
     lines = []
     for prof in manifest["profiles"]:
@@ -313,7 +322,6 @@ def bench(
     \b
     Example: edgex bench build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu
     """
-    from exporter.bench_file import bench_file
     from exporter.profiles import get_profiles
     from exporter.recipe import BenchSection
 
@@ -321,7 +329,16 @@ def bench(
     if mlperf:
         runs, seconds = max(runs, 1024), max(seconds, 60.0)
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
-    result = bench_file(model, prof, settings)
+    result = _sandboxed(
+        "bench",
+        model,
+        {
+            "profile": prof.id,
+            "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]],
+            "settings": settings.model_dump(),
+        },
+        extra_seconds=2 * settings.max_seconds,
+    )
     if junit is not None:
         from exporter.junit import write_junit
 
@@ -390,10 +407,19 @@ def quantize(
     Example: edgex quantize model.onnx --profile raspberry-pi-5-cpu --calibration calib.npz --out model-int8.onnx
     """
     from exporter.profiles import get_profiles
-    from exporter.quant.standalone import quantize_file
 
     prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
-    result = quantize_file(model, prof, calibration, out, precision, method, samples, evaluation, max_drop)
+    args = {
+        "calibration": str(calibration),
+        "out": str(out),
+        "precision": precision,
+        "method": method,
+        "samples": samples,
+        "evaluation": None if evaluation is None else str(evaluation),
+        "max_drop": max_drop,
+    }
+    dirs = [str(d) for d in ctx.obj["profiles_dirs"]]
+    result = _sandboxed("quantize", model, {"profile": prof.id, "profiles_dirs": dirs, "args": args})
 
     def text(r: dict) -> str:
         lines = [
@@ -427,16 +453,13 @@ def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None
     Example: edgex diagnose build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu \\
              --fp32 build/digits/raspberry-pi-5-cpu/baseline.onnx
     """
-    from exporter.bench_file import synthetic_feed
     from exporter.onnx_io import check_onnx_file
     from exporter.profiles import get_profiles
-    from exporter.quant.diagnose import diagnose as run
 
     prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
-    check_onnx_file(model)
     if fp32 is not None:
         check_onnx_file(fp32, field="--fp32")
-    report = run(model, synthetic_feed(model), fp32)
+    report = _sandboxed("diagnose", model, {"fp32": None if fp32 is None else str(fp32)})
     report["profile"] = prof.id
     report["target"] = prof.target
 
@@ -519,11 +542,7 @@ def verify(folder: Path, as_json: bool) -> int:
 @command
 def inspect(model: Path, as_json: bool) -> int:
     """Inputs/outputs, opset, op histogram, parameters, MACs and size of an ONNX MODEL."""
-    from exporter.graph_stats import inspect_model
-    from exporter.onnx_io import check_onnx_file
-
-    check_onnx_file(model)
-    info = inspect_model(model)
+    info = _sandboxed("inspect", model, {})
 
     def text(d: dict) -> str:
         lines = [

@@ -23,12 +23,13 @@ from exporter.bench.latency import bootstrap_interval
 from exporter.bench.verdicts import judge, judge_preflight, overall
 from exporter.data import Dataset, load_dataset
 from exporter.digest import sha256_file
-from exporter.errors import UsageError
+from exporter.errors import GateFailure, UsageError
 from exporter.export import check_parity, export_model, torch_reference
 from exporter.graph_stats import inspect_model
 from exporter.manifest import build_manifest, write_manifest
 from exporter.measure import measure_variants
 from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
+from exporter.numerics import guard_produced
 from exporter.profiles import DeviceProfile, get_profiles
 from exporter.quant.calibration import batches
 from exporter.quant.dynamic import quantize_dynamic_int8
@@ -72,6 +73,9 @@ def _reference(ctx: Context) -> Context:
         ctx.reference = run_all(make_session(ctx.model.onnx_path), ctx.evaluation.inputs)
     else:
         ctx.reference = torch_reference(ctx.model.module, ctx.evaluation.inputs, ctx.inputs)
+    for i, out in enumerate(ctx.reference):
+        if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+            raise GateFailure(f"the source model's output {i} contains NaN/Inf on the evaluation set")
     ctx.baseline_metric = float(ctx.metric_fn(ctx.reference[0], ctx.evaluation.labels, ctx.reference[0]))
     return ctx
 
@@ -585,10 +589,13 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     if r.labels_file:
         shutil.copyfile(ctx.loaded.resolve(r.labels_file), folder / "labels.txt")
         files["labels"] = "labels.txt"
-    paths = {}
+    paths, weights = {}, {}
     for name, (src, _precision, produced_by, _parent) in artifacts.items():
         paths[name] = folder / f"{name}.onnx"
         _stamp(src, paths[name], ctx, profile, target, name, produced_by)
+        weights[name] = guard_produced(paths[name], name)  # NaN/Inf weights or zero scales fail here
+        if weights[name]["all_zero_channels"]:
+            log.info(f"[{profile.id}] {name}: all-zero output channels {weights[name]['all_zero_channels']}")
     checks, packages = _preflight_and_package(ctx, profile, target, paths, threads)
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
@@ -613,6 +620,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         record["verdicts"] += gates
         record["ok"] = record["ok"] and all(v["ok"] is not False for v in gates)
         record["preflight"] = checks[name]
+        record["weights_check"] = weights[name]
         record["package"] = packages[name]
         variants.append(record)
     deliverable = _choose_deliverable(variants, target)

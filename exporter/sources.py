@@ -44,6 +44,13 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
                 fix="re-save it with safetensors.torch.save_file",
             ) from None
     if path.suffix in (".pt", ".pth", ".bin"):
+        if _is_torchscript(path):
+            raise UsageError(
+                f"'{path.name}' is a TorchScript archive: it carries code, which edgex does not run",
+                path=where,
+                field="model.checkpoint",
+                fix="save its state_dict with safetensors.torch.save_file from a trusted environment",
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -67,6 +74,19 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
         field="model.checkpoint",
         fix="use .safetensors (or a .pt state_dict)",
     )
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript zips hold a `code/` folder; torch.load would hand them to torch.jit.load."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.startswith("code/") or n.endswith("constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
@@ -110,6 +130,9 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
                 fix="use the checkpoint saved from this architecture",
             )
         digest = sha256_file(ckpt)
+    from exporter.numerics import check_state
+
+    check_state(module.state_dict(), loaded.path, "model.checkpoint" if spec.checkpoint else "model.factory")
     module.eval()
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
@@ -129,6 +152,12 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
             field="inputs",
             fix="name the recipe's inputs after the model's",
         )
+    from exporter.isolate import probe
+    from exporter.numerics import check_initializers
+
+    check_initializers(model, loaded.path, "model.path")
+    # Not built here: it must load and run once in the limited child before any session in this process.
+    probe(path, field="model.path")
     return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=sha256_file(path))
 
 
