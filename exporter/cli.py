@@ -136,11 +136,22 @@ def _summary(manifest: dict) -> str:
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the recipe's `output`).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
+@click.option(
+    "--replay",
+    type=click.Path(path_type=Path),
+    help="An earlier build's manifest.json: repeat its timing-based decisions (speed guard, deliverable).",
+)
 @JSON_OPT
 @click.pass_context
 @command
 def build(
-    ctx: click.Context, recipe: Path, profiles: tuple[str, ...], out: Path | None, junit: Path | None, as_json: bool
+    ctx: click.Context,
+    recipe: Path,
+    profiles: tuple[str, ...],
+    out: Path | None,
+    junit: Path | None,
+    replay: Path | None,
+    as_json: bool,
 ) -> int:
     """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
 
@@ -150,7 +161,7 @@ def build(
     """
     from exporter.pipeline import build as run_build
 
-    manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
+    manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
     if junit is not None:
         from exporter.junit import from_manifest, write_junit
 
