@@ -531,13 +531,26 @@ def compare(old: Path, new: Path, rounds: int, floor: float, as_json: bool) -> i
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key", type=click.Path(path_type=Path), help="Also check the manifest's signature with this PEM key."
+)
+@click.option("--signature", type=click.Path(path_type=Path), help="The signature file (default: FOLDER/manifest.sig).")
 @JSON_OPT
 @command
-def verify(folder: Path, as_json: bool) -> int:
-    """Re-hash every file of a release against its manifest; exit 1 on any changed, missing or extra file."""
+def verify(folder: Path, public_key: Path | None, signature: Path | None, as_json: bool) -> int:
+    """Re-hash every file of a release against its manifest; exit 1 on any changed, missing or extra file.
+
+    \b
+    With --public-key, the signature over manifest.json (`edgex sign`) must verify too.
+    """
+    from exporter.errors import UsageError
     from exporter.verify import verify as run_verify
 
-    result = run_verify(folder)
+    if signature is not None and public_key is None:
+        raise UsageError(
+            "a signature needs the key to check it with", field="--signature", fix="add --public-key KEY.pem"
+        )
+    result = run_verify(folder, public_key, signature)
 
     def text(r: dict) -> str:
         head = f"{r['folder']}: {'OK' if r['ok'] else 'FAILED'} ({r['files']} files listed)"
@@ -545,6 +558,28 @@ def verify(folder: Path, as_json: bool) -> int:
 
     _emit(result, as_json, text)
     return 0 if result["ok"] else EXIT_GATE
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--key", "key", type=click.Path(path_type=Path), required=True, help="EC private key (PEM).")
+@click.option("--password-env", help="Environment variable holding the key's password, if it has one.")
+@JSON_OPT
+@command
+def sign(folder: Path, key: Path, password_env: str | None, as_json: bool) -> int:
+    """Sign a release's manifest.json with model_signing (offline, key-based); writes FOLDER/manifest.sig.
+
+    \b
+    Example: edgex sign build/digits --key release.pem && edgex verify build/digits --public-key release.pub
+    """
+    import os
+
+    from exporter.signing import sign_release
+
+    password = os.environ.get(password_env) if password_env else None
+    path = sign_release(folder, key, password)
+    _emit({"signature": str(path)}, as_json, lambda d: f"signed: {d['signature']}")
+    return 0
 
 
 @cli.command()

@@ -85,3 +85,43 @@ def test_replayed_build_is_byte_identical_except_timing_fields(release, tmp_path
         assert prof["deliverable"] == old["deliverable"]
         int8 = next(v for v in prof["variants"] if v["name"] == "int8")
         assert int8["produced_by"]["speed_guard"]["replayed"] is True
+
+
+def _keypair(folder):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / "release.pem", folder / "release.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def test_signed_manifest_verifies_and_any_change_breaks_it(release, tmp_path):
+    from exporter.signing import sign_release
+
+    copy = tmp_path / "release"
+    shutil.copytree(release["out"], copy)
+    private, public = _keypair(tmp_path)
+    proc = edgex("sign", str(copy), "--key", str(private))
+    assert proc.returncode == 0, proc.stderr
+    proc = edgex("verify", str(copy), "--public-key", str(public), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["signature"] == "valid"
+
+    # a manifest edited to match a swapped model: hashes agree, the signature does not
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["seed"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    result = verify(copy, public)
+    assert not result["ok"] and result["signature"] == "invalid"
+
+    # another key's signature does not verify either
+    sign_release(copy, private)
+    _, other_public = _keypair(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    assert verify(copy, public)["ok"] and verify(copy, other_public)["signature"] == "invalid"
