@@ -19,6 +19,11 @@ from exporter import __version__, log
 from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError
 
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+TRUST_OPT = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Load code-carrying checkpoints (TorchScript): their code runs. Only for files you trust.",
+)
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -141,6 +146,7 @@ def _summary(manifest: dict) -> str:
     type=click.Path(path_type=Path),
     help="An earlier build's manifest.json: repeat its timing-based decisions (speed guard, deliverable).",
 )
+@TRUST_OPT
 @JSON_OPT
 @click.pass_context
 @command
@@ -151,6 +157,7 @@ def build(
     out: Path | None,
     junit: Path | None,
     replay: Path | None,
+    trust_code: bool,
     as_json: bool,
 ) -> int:
     """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
@@ -160,8 +167,10 @@ def build(
     Exit 1 when a profile misses a budget (artifacts are still written).
     """
     from exporter.pipeline import build as run_build
+    from exporter.sources import trusting_code
 
-    manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
+    with trusting_code(trust_code):
+        manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
     if junit is not None:
         from exporter.junit import from_manifest, write_junit
 
@@ -172,14 +181,17 @@ def build(
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
+@TRUST_OPT
 @JSON_OPT
 @click.pass_context
 @command
-def validate(ctx: click.Context, recipe: Path, as_json: bool) -> int:
+def validate(ctx: click.Context, recipe: Path, trust_code: bool, as_json: bool) -> int:
     """Check RECIPE, its profiles, model source and data without building."""
+    from exporter.sources import trusting_code
     from exporter.validate import validate_recipe
 
-    result = validate_recipe(recipe, ctx.obj["profiles_dirs"])
+    with trusting_code(trust_code):
+        result = validate_recipe(recipe, ctx.obj["profiles_dirs"])
     _emit(
         result,
         as_json,

@@ -55,7 +55,11 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
         "source_date_epoch": source_date_epoch(),
         "replayed_from": ctx.replay.record() if getattr(ctx, "replay", None) is not None else None,
         "timing_fields": TIMING_FIELDS,
-        "model": {"source": r.model.source, "weights_sha256": ctx.model.weights_sha256},
+        "model": {
+            "source": r.model.source,
+            "weights_sha256": ctx.model.weights_sha256,
+            "trusted_code": _trusted_code(),
+        },
         "data": {
             "calibration": {"samples": len(ctx.calibration), "sha256": ctx.calibration.digest},
             "evaluation": {"samples": len(ctx.evaluation), "sha256": ctx.evaluation.digest},
@@ -70,6 +74,13 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
         "ok": all(p["ok"] for p in profiles),
         "files": file_entries(root),
     }
+
+
+def _trusted_code() -> bool:
+    """True when the build ran with --trust-code (code-carrying checkpoints were allowed)."""
+    from exporter.sources import TRUST_CODE
+
+    return TRUST_CODE.get()
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:

@@ -137,6 +137,21 @@ def case_torchscript_checkpoint(tmp_path, canary):
     return ["validate", str(recipe)], ("TorchScript", "safetensors"), None
 
 
+def test_torchscript_loads_only_with_an_explicit_trust_flag(tmp_path):
+    import torch
+    from conftest import write_tiny_project
+    from tiny_models import build_tiny
+
+    model = {"source": "torch", "factory": "tiny_models.py:build_tiny", "checkpoint": "tiny.pt"}
+    recipe = write_tiny_project(tmp_path / "proj", model=model)
+    torch.jit.save(torch.jit.script(build_tiny()), str(recipe.parent / "tiny.pt"))
+    assert_one_line_error(edgex("validate", str(recipe)), 2, "TorchScript", "--trust-code")
+    proc = edgex("validate", str(recipe), "--trust-code")
+    assert proc.returncode == 0, proc.stderr
+    assert "--trust-code was given" in proc.stderr
+    assert_no_output(recipe.parent / "out")
+
+
 def case_nan_weights_in_safetensors(tmp_path, canary):
     import torch
     from safetensors.torch import save_file

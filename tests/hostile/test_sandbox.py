@@ -78,8 +78,6 @@ def test_memory_limit_is_a_clear_error(tmp_path):
 def test_time_limit_is_a_clear_error_and_nothing_hangs(tmp_path):
     model = spinner(tmp_path / "spin.onnx")
     start = time.monotonic()
-    proc = edgex("inspect", str(model), env={"EDGEX_SANDBOX_SECONDS": "3"})
-    assert proc.returncode == 0, proc.stderr  # inspect never runs the graph
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.ones(4, np.float32))
     out = tmp_path / "q.onnx"
