@@ -36,7 +36,7 @@ def _start(recipe: Path) -> subprocess.Popen:
 
 def test_killed_builds_leave_the_previous_release_or_the_new_one(tmp_path):
     """KILLS SIGKILLs of the build's whole process group at seeded random moments, two lanes at a time
-    (two projects building side by side, so the test takes half as long): after every kill the final
+    (two projects building side by side): after every kill the final
     name holds a complete release that `verify` accepts, and a rerun succeeds and cleans up."""
     lanes = [write_onnx_project(tmp_path / f"lane{i}", quantize={"enabled": False}) for i in range(2)]
     start = time.monotonic()
