@@ -101,9 +101,12 @@ def test_artifacts_run_and_match_recorded_metric(tiny_build):
 
 
 def test_rebuild_is_byte_identical(tiny_build, tmp_path):
-    """Same recipe and seed: every model file has the same sha256 (timings aside)."""
+    """Same recipe and seed: every model file has the same sha256 (timings aside). The speed guard
+    decides from timings, so the rebuild replays the first build's decisions (`--replay`); without it
+    a loaded host can flip the guard's rung and with it the INT8 bytes."""
     out2 = tmp_path / "again"
-    proc = run_cli("-q", "build", str(tiny_build["recipe"]), "--out", str(out2), "--json")
+    replay = str(tiny_build["out"] / "manifest.json")
+    proc = run_cli("-q", "build", str(tiny_build["recipe"]), "--out", str(out2), "--json", "--replay", replay)
     assert proc.returncode == 0, proc.stderr
     first = {f["path"]: f["sha256"] for f in tiny_build["manifest"]["files"] if f["path"].endswith(".onnx")}
     second = {f["path"]: f["sha256"] for f in json.loads(proc.stdout)["files"] if f["path"].endswith(".onnx")}
