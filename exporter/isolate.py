@@ -9,7 +9,7 @@ parent turns a crash, a limit or an onnxruntime refusal into a one-line error (e
 unexpected failure of edgex itself into exit 3; it never dies with the child and never waits
 forever. Results come back as JSON (never pickle: the child is the untrusted side).
 
-Limits: EDGEX_SANDBOX_MEMORY_MB (default: 3/4 of physical memory, at most 8192) and
+Limits: EDGEX_SANDBOX_MEMORY_MB (default: 3/4 of physical memory) and
 EDGEX_SANDBOX_SECONDS (default 600).
 """
 
@@ -82,7 +82,9 @@ def limits() -> Limits:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError):
         physical = 8192
-    default = max(1024, min(8192, int(physical * 0.75)))
+    # RLIMIT_AS caps address space, which runs well above resident memory (thread stacks, arenas):
+    # the default leaves room for that and still stops a model that would take the machine down.
+    default = max(1024, int(physical * 0.75))
     return Limits(int(_env_number(MEMORY_ENV, default)), _env_number(SECONDS_ENV, 600.0))
 
 
