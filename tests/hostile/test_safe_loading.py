@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_bad_inputs import Canary as PickleCanary
 from test_bad_inputs import onnx_with_external_data, tiny_onnx_bytes
 
 from .conftest import assert_no_output, assert_one_line_error, edgex, write_onnx_project
@@ -197,18 +196,15 @@ def case_npz_header_claims_more_than_it_holds(tmp_path, canary):
     return ["validate", str(recipe)], ("data.calibration.npz", "declares"), None
 
 
-def case_pickle_checkpoint_with_canary(tmp_path, canary):
-    import torch
+def case_npz_with_code(tmp_path, canary):
+    """An object array pickles a callable that would write ran.txt when loaded unsafely."""
+    from test_bad_inputs import Canary as PickleCanary
 
     recipe = write_onnx_project(tmp_path / "proj")
-    marker = tmp_path / "ran.txt"
-    torch.save({"stem.0.weight": PickleCanary(marker)}, recipe.parent / "tiny.pt")
-    text = recipe.read_text().replace(
-        "source: onnx\n  path: model/model.onnx",
-        "source: torch\n  factory: tiny_models.py:build_tiny\n  checkpoint: tiny.pt",
-    )
-    recipe.write_text(text)
-    return ["validate", str(recipe)], ("tiny.pt",), None
+    evil = np.empty(1, dtype=object)
+    evil[0] = PickleCanary(tmp_path / "ran.txt")
+    np.savez(recipe.parent / "eval.npz", x=evil)
+    return ["validate", str(recipe)], ("data.evaluation.npz", "pickled"), None
 
 
 def case_bad_source_date_epoch(tmp_path, canary):
@@ -239,6 +235,7 @@ CASES = [
     case_nan_initializer_in_onnx_source,
     case_inf_calibration,
     case_npz_header_claims_more_than_it_holds,
+    case_npz_with_code,
     case_bad_source_date_epoch,
     case_replay_of_another_recipe,
 ]
