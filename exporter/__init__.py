@@ -32,18 +32,20 @@ def validate(recipe: str | Path, profiles_dirs: list[Path] | tuple[Path, ...] = 
 
 
 def bench(model: str | Path, profile: str, profiles_dirs: list[Path] | tuple[Path, ...] = ()) -> dict:
-    from exporter.bench_file import bench_file
+    from exporter.cli import _sandboxed
     from exporter.profiles import get_profiles
+    from exporter.recipe import BenchSection
 
-    return bench_file(Path(model), get_profiles([profile], profiles_dirs)[0])
+    prof = get_profiles([profile], profiles_dirs)[0]
+    payload = {"profile": prof.id, "profiles_dirs": [str(d) for d in profiles_dirs]}
+    settings = BenchSection()
+    return _sandboxed("bench", Path(model), {**payload, "settings": settings.model_dump()}, 2 * settings.max_seconds)
 
 
 def inspect(model: str | Path) -> dict:
-    from exporter.graph_stats import inspect_model
-    from exporter.onnx_io import check_onnx_file
+    from exporter.cli import _sandboxed
 
-    check_onnx_file(Path(model))
-    return inspect_model(Path(model))
+    return _sandboxed("inspect", Path(model), {})
 
 
 __all__ = ["build", "validate", "bench", "inspect", "__version__"]

@@ -14,32 +14,12 @@ from exporter.measure import time_interleaved
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
 from exporter.recipe import BenchSection
-from exporter.runtime import host_threads, make_session
-
-_NP = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(bool)": np.bool_,
-}
+from exporter.runtime import host_threads, make_session, synthetic_inputs
 
 
 def synthetic_feed(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs in the model's declared shapes (dynamic dimensions as 1)."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for inp in make_session(path).get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        dtype = _NP.get(inp.type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feed[inp.name] = np.zeros(shape, dtype=dtype)
-    return feed
+    return synthetic_inputs(make_session(path), seed)
 
 
 def _precision(path: Path) -> str:

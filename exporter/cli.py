@@ -19,6 +19,11 @@ from exporter import __version__, log
 from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError
 
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+TRUST_OPT = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Load code-carrying checkpoints (TorchScript): their code runs. Only for files you trust.",
+)
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -89,6 +94,15 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path,
     ctx.obj = {"profiles_dirs": profiles_dir}
 
 
+def _sandboxed(task: str, model: Path, payload: dict, extra_seconds: float = 0.0) -> Any:
+    """A model given on the command line: checked here, then run only in the limited child (exporter.isolate)."""
+    from exporter.isolate import limits, run_isolated
+    from exporter.onnx_io import check_onnx_file
+
+    check_onnx_file(model)
+    return run_isolated(task, {"path": str(model), **payload}, model, seconds=limits().seconds + extra_seconds)
+
+
 def _summary(manifest: dict) -> str:
     lines = []
     for prof in manifest["profiles"]:
@@ -129,6 +143,12 @@ def _summary(manifest: dict) -> str:
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Build one cell of this plan (with --cell).")
 @click.option("--cell", "cell_id", help="The id of the cell to build from --plan (default --out: out/<ID>).")
+@click.option(
+    "--replay",
+    type=click.Path(path_type=Path),
+    help="An earlier build's manifest.json: repeat its timing-based decisions (speed guard, deliverable).",
+)
+@TRUST_OPT
 @JSON_OPT
 @click.pass_context
 @command
@@ -140,6 +160,8 @@ def build(
     junit: Path | None,
     plan_path: Path | None,
     cell_id: str | None,
+    replay: Path | None,
+    trust_code: bool,
     as_json: bool,
 ) -> int:
     """Build RECIPE for each profile: export, quantize, benchmark, judge budgets.
@@ -160,8 +182,10 @@ def build(
             fix="give a RECIPE, or --plan plan.json --cell ID (see `edgex build --help`)",
         )
     from exporter.pipeline import build as run_build
+    from exporter.sources import trusting_code
 
-    manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"])
+    with trusting_code(trust_code):
+        manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
     if junit is not None:
         from exporter.junit import from_manifest, write_junit
 
@@ -172,14 +196,17 @@ def build(
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
+@TRUST_OPT
 @JSON_OPT
 @click.pass_context
 @command
-def validate(ctx: click.Context, recipe: Path, as_json: bool) -> int:
+def validate(ctx: click.Context, recipe: Path, trust_code: bool, as_json: bool) -> int:
     """Check RECIPE, its profiles, model source and data without building."""
+    from exporter.sources import trusting_code
     from exporter.validate import validate_recipe
 
-    result = validate_recipe(recipe, ctx.obj["profiles_dirs"])
+    with trusting_code(trust_code):
+        result = validate_recipe(recipe, ctx.obj["profiles_dirs"])
     _emit(
         result,
         as_json,
@@ -333,7 +360,6 @@ def bench(
     \b
     Example: edgex bench build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu
     """
-    from exporter.bench_file import bench_file
     from exporter.profiles import get_profiles
     from exporter.recipe import BenchSection
 
@@ -341,7 +367,16 @@ def bench(
     if mlperf:
         runs, seconds = max(runs, 1024), max(seconds, 60.0)
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
-    result = bench_file(model, prof, settings)
+    result = _sandboxed(
+        "bench",
+        model,
+        {
+            "profile": prof.id,
+            "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]],
+            "settings": settings.model_dump(),
+        },
+        extra_seconds=2 * settings.max_seconds,
+    )
     if junit is not None:
         from exporter.junit import write_junit
 
@@ -410,10 +445,19 @@ def quantize(
     Example: edgex quantize model.onnx --profile raspberry-pi-5-cpu --calibration calib.npz --out model-int8.onnx
     """
     from exporter.profiles import get_profiles
-    from exporter.quant.standalone import quantize_file
 
     prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
-    result = quantize_file(model, prof, calibration, out, precision, method, samples, evaluation, max_drop)
+    args = {
+        "calibration": str(calibration),
+        "out": str(out),
+        "precision": precision,
+        "method": method,
+        "samples": samples,
+        "evaluation": None if evaluation is None else str(evaluation),
+        "max_drop": max_drop,
+    }
+    dirs = [str(d) for d in ctx.obj["profiles_dirs"]]
+    result = _sandboxed("quantize", model, {"profile": prof.id, "profiles_dirs": dirs, "args": args})
 
     def text(r: dict) -> str:
         lines = [
@@ -447,16 +491,13 @@ def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None
     Example: edgex diagnose build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu \\
              --fp32 build/digits/raspberry-pi-5-cpu/baseline.onnx
     """
-    from exporter.bench_file import synthetic_feed
     from exporter.onnx_io import check_onnx_file
     from exporter.profiles import get_profiles
-    from exporter.quant.diagnose import diagnose as run
 
     prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
-    check_onnx_file(model)
     if fp32 is not None:
         check_onnx_file(fp32, field="--fp32")
-    report = run(model, synthetic_feed(model), fp32)
+    report = _sandboxed("diagnose", model, {"fp32": None if fp32 is None else str(fp32)})
     report["profile"] = prof.id
     report["target"] = prof.target
 
@@ -517,13 +558,27 @@ def compare(old: Path, new: Path, rounds: int, floor: float, as_json: bool) -> i
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key", type=click.Path(path_type=Path), help="Also check the manifest's signature with this PEM key."
+)
+@click.option("--signature", type=click.Path(path_type=Path), help="The signature file (default: FOLDER/manifest.sig).")
 @JSON_OPT
 @command
-def verify(folder: Path, as_json: bool) -> int:
-    """Re-hash every file of a release (a folder, or a merged release.json) against its manifest; exit 1 on any change."""
+def verify(folder: Path, public_key: Path | None, signature: Path | None, as_json: bool) -> int:
+    """Re-hash every file of a release (a folder, or a merged release.json) against its manifest;
+    exit 1 on any changed, missing or extra file.
+
+    \b
+    With --public-key, the signature over manifest.json (`edgex sign`) must verify too.
+    """
+    from exporter.errors import UsageError
     from exporter.verify import verify as run_verify
 
-    result = run_verify(folder)
+    if signature is not None and public_key is None:
+        raise UsageError(
+            "a signature needs the key to check it with", field="--signature", fix="add --public-key KEY.pem"
+        )
+    result = run_verify(folder, public_key, signature)
 
     def text(r: dict) -> str:
         head = f"{r['folder']}: {'OK' if r['ok'] else 'FAILED'} ({r['files']} files listed)"
@@ -534,16 +589,34 @@ def verify(folder: Path, as_json: bool) -> int:
 
 
 @cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--key", "key", type=click.Path(path_type=Path), required=True, help="EC private key (PEM).")
+@click.option("--password-env", help="Environment variable holding the key's password, if it has one.")
+@JSON_OPT
+@command
+def sign(folder: Path, key: Path, password_env: str | None, as_json: bool) -> int:
+    """Sign a release's manifest.json with model_signing (offline, key-based); writes FOLDER/manifest.sig.
+
+    \b
+    Example: edgex sign build/digits --key release.pem && edgex verify build/digits --public-key release.pub
+    """
+    import os
+
+    from exporter.signing import sign_release
+
+    password = os.environ.get(password_env) if password_env else None
+    path = sign_release(folder, key, password)
+    _emit({"signature": str(path)}, as_json, lambda d: f"signed: {d['signature']}")
+    return 0
+
+
+@cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @JSON_OPT
 @command
 def inspect(model: Path, as_json: bool) -> int:
     """Inputs/outputs, opset, op histogram, parameters, MACs and size of an ONNX MODEL."""
-    from exporter.graph_stats import inspect_model
-    from exporter.onnx_io import check_onnx_file
-
-    check_onnx_file(model)
-    info = inspect_model(model)
+    info = _sandboxed("inspect", model, {})
 
     def text(d: dict) -> str:
         lines = [

@@ -53,9 +53,63 @@ def make_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> Da
     return Dataset(inputs=inputs, labels=labels, digest=_digest(inputs, labels))
 
 
+NPZ_MAX_MEMBERS = 1024
+NPZ_MAX_BYTES = 8 * 2**30  # uncompressed; an .npz is a zip and a zip can be a bomb
+
+
+def _check_npz_archive(path: Path, where: Path, field: str) -> None:
+    """Member count and uncompressed sizes (as the zip declares them, and as each .npy header
+    declares its array) capped before numpy allocates anything."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # a bare .npy or garbage: np.load says which
+    fix = "save fewer or smaller arrays with numpy.savez"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > NPZ_MAX_MEMBERS:
+                raise UsageError(f"'{path.name}' holds {len(infos)} arrays", path=where, field=field, fix=fix)
+            total = sum(i.file_size for i in infos)
+            for info in infos:
+                with zf.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(member)
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if declared > info.file_size:
+                        raise UsageError(
+                            f"array '{info.filename}' declares {declared} bytes but holds {info.file_size}",
+                            path=where,
+                            field=field,
+                            fix="re-save the data; the file is corrupt or hostile",
+                        )
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"'{path.name}' is not a readable .npz ({type(exc).__name__})",
+            path=where,
+            field=field,
+            fix="save arrays with numpy.savez",
+        ) from None
+    if total > NPZ_MAX_BYTES:
+        raise UsageError(
+            f"'{path.name}' expands to {total / 2**30:.1f} GiB (limit {NPZ_MAX_BYTES // 2**30} GiB)",
+            path=where,
+            field=field,
+            fix=fix,
+        )
+
+
 def _read_npz(path: Path, where: Path, field: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UsageError(f"data file '{path}' not found", path=where, field=field, fix="check the path")
+    _check_npz_archive(path, where, field)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.digest import sha256_file
-from exporter.versions import host_facts, tool_versions
+from exporter.versions import host_facts, source_date_epoch, tool_versions
 
 if TYPE_CHECKING:
     from exporter.pipeline import Context
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# What may differ between two builds of the same inputs (timings and what is computed from them):
+# the keys below anywhere in the manifest, and the files that print them. Everything else is
+# byte-identical, `edgex build --replay` making the timing-based decisions the same.
+TIMING_FIELDS = {
+    "keys": [
+        "latency_ms",
+        "memory",
+        "device_estimate",
+        "verdicts",
+        "ok",
+        "not_evaluated",
+        "speed_guard",
+        "parity",
+        "host",
+        "replayed_from",
+        "decisions",
+    ],
+    "files": ["manifest.json", "report.md", "latency_vs_accuracy.png"],
+}
 
 
 def file_entries(root: Path) -> list[dict]:
@@ -34,8 +52,14 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
         "tool_versions": tool_versions(),
         "host": host_facts(),
         "seed": r.seed,
-        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
-        "model": {"source": r.model.source, "weights_sha256": ctx.model.weights_sha256},
+        "source_date_epoch": source_date_epoch(),
+        "replayed_from": ctx.replay.record() if getattr(ctx, "replay", None) is not None else None,
+        "timing_fields": TIMING_FIELDS,
+        "model": {
+            "source": r.model.source,
+            "weights_sha256": ctx.model.weights_sha256,
+            "trusted_code": _trusted_code(),
+        },
         "data": {
             "calibration": {"samples": len(ctx.calibration), "sha256": ctx.calibration.digest},
             "evaluation": {"samples": len(ctx.evaluation), "sha256": ctx.evaluation.digest},
@@ -50,6 +74,13 @@ def build_manifest(ctx: Context, profiles: list[dict], root: Path) -> dict:
         "ok": all(p["ok"] for p in profiles),
         "files": file_entries(root),
     }
+
+
+def _trusted_code() -> bool:
+    """True when the build ran with --trust-code (code-carrying checkpoints were allowed)."""
+    from exporter.sources import TRUST_CODE
+
+    return TRUST_CODE.get()
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:

@@ -17,76 +17,146 @@ from exporter.errors import UsageError
 LFS_POINTER = b"version https://git-lfs"
 
 
+EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
+# A protobuf file is capped at 2 GiB; larger models carry their weights as external data.
+PROTO_LIMIT = 2**31 - 1
+
+
+def _refuse(message: str, where: Path | str, field: str, fix: str) -> UsageError:
+    return UsageError(message, path=where, field=field, fix=fix)
+
+
 def check_onnx_file(path: Path, where: Path | str | None = None, field: str = "model") -> onnx.ModelProto:
-    """Load an ONNX file, refusing truncated files, LFS pointers and external data outside its folder."""
+    """Load an ONNX file, refusing truncated files, LFS pointers and external data outside its folder.
+
+    Runs before any onnxruntime session: onnxruntime follows external-data locations and trusts
+    declared sizes, so those are checked here (plain relative names inside the model's folder,
+    no symlinks or hardlinks, offsets inside the file) and the graph is pre-scanned
+    (`prescan`) for tensors too large to hold.
+    """
     where = where if where is not None else path
     if not path.is_file():
-        raise UsageError(f"ONNX file '{path}' not found", path=where, field=field, fix="check the path")
-    head = path.read_bytes()[:64]
+        raise _refuse(f"ONNX file '{path}' not found", where, field, "check the path")
+    with open(path, "rb") as f:
+        head = f.read(64)
     if head.startswith(LFS_POINTER):
-        raise UsageError(
+        raise _refuse(
             f"'{path.name}' is a Git LFS pointer, not a model",
-            path=where,
-            field=field,
-            fix="run `git lfs pull` to fetch the real file",
+            where,
+            field,
+            "run `git lfs pull` to fetch the real file",
+        )
+    if path.stat().st_size > PROTO_LIMIT:
+        raise _refuse(
+            f"'{path.name}' is larger than the 2 GiB protobuf limit",
+            where,
+            field,
+            "save the weights as external data (onnx.save_model(..., save_as_external_data=True))",
         )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise UsageError(
+        raise _refuse(
             f"'{path.name}' is not a readable ONNX model ({type(exc).__name__})",
-            path=where,
-            field=field,
-            fix="re-export the model; the file may be truncated",
+            where,
+            field,
+            "re-export the model; the file may be truncated",
         ) from None
     folder = path.parent.resolve()
-    for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        unknown = set(entries) - {"location", "offset", "length", "checksum"}
-        location = entries.get("location", "")
-        target = folder / location
-        if (
-            unknown
-            or not location
-            or os.path.isabs(location)
-            or ".." in Path(location).parts
-            or target.is_symlink()
-            or not target.resolve().is_relative_to(folder)
-            or not target.is_file()
-        ):
-            raise UsageError(
-                f"external data '{location}' of tensor '{tensor.name}' is not a file inside the model's own folder",
-                path=where,
-                field=field,
-                fix="keep external data files beside the model, referenced by plain relative names",
-            )
-        size = target.stat().st_size
-        end = int(entries.get("offset", 0) or 0) + int(entries.get("length", 0) or 0)
-        if end > size:
-            raise UsageError(
-                f"external data of tensor '{tensor.name}' points past the end of '{location}'",
-                path=where,
-                field=field,
-                fix="re-export the model",
-            )
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            _check_external(tensor, folder, where, field)
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        msg = str(exc).splitlines()[0][:200]
-        raise UsageError(
-            f"'{path.name}' fails the ONNX checker ({msg})", path=where, field=field, fix="re-export the model"
-        ) from None
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise _refuse(f"'{path.name}' fails the ONNX checker ({msg})", where, field, "re-export the model") from None
+    from exporter.isolate import prescan
+
+    prescan(model, path, where, field)
     return model
 
 
-def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
+def _check_external(tensor: onnx.TensorProto, folder: Path, where: Path | str, field: str) -> None:
+    fix = "keep external data files beside the model, referenced by plain relative names"
+    entries = {e.key: e.value for e in tensor.external_data}
+    unknown = sorted(set(entries) - EXTERNAL_KEYS)
+    if unknown:
+        raise _refuse(f"external data of tensor '{tensor.name}' has unknown keys {unknown}", where, field, fix)
+    location = entries.get("location", "")
+    target = folder / location
+    if (
+        not location
+        or "\\" in location
+        or "\x00" in location
+        or os.path.isabs(location)
+        or ".." in Path(location).parts
+        or any(p.is_symlink() for p in [target, *target.parents] if p.is_relative_to(folder) and p != folder)
+        or not target.resolve().is_relative_to(folder)
+        or not target.is_file()
+    ):
+        raise _refuse(
+            f"external data '{location}' of tensor '{tensor.name}' is not a file inside the model's own folder",
+            where,
+            field,
+            fix,
+        )
+    info = target.stat()
+    if info.st_nlink > 1:
+        raise _refuse(
+            f"external data '{location}' of tensor '{tensor.name}' is a hardlink (it may alias a file elsewhere)",
+            where,
+            field,
+            "copy the data file so it has a single link",
+        )
+    try:
+        offset = int(entries.get("offset") or 0)
+        length = int(entries.get("length") or 0)
+    except ValueError:
+        raise _refuse(
+            f"external data of tensor '{tensor.name}' has a non-integer offset or length", where, field, fix
+        ) from None
+    if offset < 0 or length < 0 or offset + length > info.st_size:
+        raise _refuse(
+            f"external data of tensor '{tensor.name}' points past the end of '{location}'",
+            where,
+            field,
+            "re-export the model",
+        )
+
+
+def all_tensors(model: onnx.ModelProto):
+    """Every tensor of the model, subgraphs (If/Loop/Scan bodies) and sparse initializers included."""
+    yield from _graph_tensors(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            yield from _node_tensors(node)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
+        for sparse in attr.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for g in attr.graphs:
+            yield from _graph_tensors(g)
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -114,8 +184,14 @@ def strip_debug_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def save_model(model: onnx.ModelProto, path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Save with sorted metadata and no debug info; small models stay a single file."""
+def save_model(
+    model: onnx.ModelProto,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    external_threshold: int = PROTO_LIMIT - 2**20,
+) -> Path:
+    """Save with sorted metadata and no debug info; small models stay a single file, models over
+    2 GiB get `<name>.data` beside them."""
     strip_debug_metadata(model)
     if metadata:
         existing = {p.key: p.value for p in model.metadata_props}
@@ -124,5 +200,20 @@ def save_model(model: onnx.ModelProto, path: Path, metadata: dict[str, str] | No
         for key in sorted(existing):
             model.metadata_props.add(key=key, value=existing[key])
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
+    if model.ByteSize() > external_threshold:
+        # Over the protobuf limit: weights go to one data file beside the model, named after it,
+        # so the release folder stays self-contained (and `check_onnx_file` accepts it back).
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            data.unlink()
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(path))
     return path

@@ -23,12 +23,13 @@ from exporter.bench.latency import bootstrap_interval
 from exporter.bench.verdicts import judge, judge_preflight, overall
 from exporter.data import Dataset, load_dataset
 from exporter.digest import sha256_file
-from exporter.errors import UsageError
+from exporter.errors import GateFailure, UsageError
 from exporter.export import check_parity, export_model, torch_reference
 from exporter.graph_stats import inspect_model
 from exporter.manifest import build_manifest, write_manifest
 from exporter.measure import measure_variants
 from exporter.metrics import accuracy_drop, extra_metrics, needs_labels, resolve_metric
+from exporter.numerics import guard_produced
 from exporter.profiles import DeviceProfile, get_profiles
 from exporter.quant.calibration import batches
 from exporter.quant.dynamic import quantize_dynamic_int8
@@ -62,6 +63,7 @@ class Context:
     baseline_metric: float
     shapes: dict = field(default_factory=dict, repr=False)  # (batch, seq) -> Context, per-profile shapes
     compressed: dict = field(default_factory=dict, repr=False)  # (align, latency) -> compress.Compressed
+    replay: object = None  # replay.Replay: timing-based decisions taken from an earlier manifest
 
 
 def _reference(ctx: Context) -> Context:
@@ -72,6 +74,9 @@ def _reference(ctx: Context) -> Context:
         ctx.reference = run_all(make_session(ctx.model.onnx_path), ctx.evaluation.inputs)
     else:
         ctx.reference = torch_reference(ctx.model.module, ctx.evaluation.inputs, ctx.inputs)
+    for i, out in enumerate(ctx.reference):
+        if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+            raise GateFailure(f"the source model's output {i} contains NaN/Inf on the evaluation set")
     ctx.baseline_metric = float(ctx.metric_fn(ctx.reference[0], ctx.evaluation.labels, ctx.reference[0]))
     return ctx
 
@@ -257,6 +262,7 @@ def _quantize_for(
             speed_feed=_feed(ctx) if deployed else None,
             speed_baseline=baseline,
             label=label,
+            speed_replay=ctx.replay.speed_guard(label) if ctx.replay is not None else None,
         )
     return cache[key]
 
@@ -350,6 +356,19 @@ def _choose_deliverable(variants: list[dict], target: Target) -> dict:
         return len(missed), sum(-x["margin"] / x["limit"] for x in missed if x["limit"])
 
     return min(variants, key=shortfall)
+
+
+def _replayed_deliverable(replay, profile_id: str, variants: list[dict]) -> tuple[dict, dict]:
+    name = replay.deliverable(profile_id)
+    found = next((v for v in variants if v["name"] == name), None)
+    if found is None:
+        raise UsageError(
+            f"the replayed deliverable '{name}' of {profile_id} is not a variant of this build",
+            path=replay.path,
+            field="profiles.deliverable",
+            fix="replay a manifest of the same recipe and edgex version",
+        )
+    return found, {"deliverable": name, "by": "replayed", "replayed_from": replay.record()}
 
 
 def _strictest_alignment(ctx: Context) -> int:
@@ -540,14 +559,14 @@ def _stamp(
     src: Path, dest: Path, ctx: Context, profile: DeviceProfile, target: Target, variant: str, produced_by: dict
 ) -> None:
     """Provenance inside each shipped model (metadata_props), so a file found on a device says where it came from."""
-    import os
 
     import onnx
 
     from exporter.onnx_io import save_model
-    from exporter.versions import tool_versions
+    from exporter.versions import source_date_epoch, tool_versions
 
     versions = tool_versions()
+    model = onnx.load(str(src))
     facts = {
         "edgex.version": versions["edgex"],
         "edgex.recipe_sha256": ctx.loaded.sha256,
@@ -562,9 +581,11 @@ def _stamp(
     }
     if "calibration_sha256" in produced_by:
         facts["edgex.calibration_sha256"] = produced_by["calibration_sha256"]
-    if os.environ.get("SOURCE_DATE_EPOCH"):
-        facts["edgex.source_date_epoch"] = os.environ["SOURCE_DATE_EPOCH"]
-    save_model(onnx.load(str(src)), dest, metadata=facts)
+    facts["edgex.opset"] = str(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0))
+    epoch = source_date_epoch()
+    if epoch is not None:
+        facts["edgex.source_date_epoch"] = epoch
+    save_model(model, dest, metadata=facts)
 
 
 def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path, cache: dict) -> dict:
@@ -585,10 +606,13 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     if r.labels_file:
         shutil.copyfile(ctx.loaded.resolve(r.labels_file), folder / "labels.txt")
         files["labels"] = "labels.txt"
-    paths = {}
+    paths, weights = {}, {}
     for name, (src, _precision, produced_by, _parent) in artifacts.items():
         paths[name] = folder / f"{name}.onnx"
         _stamp(src, paths[name], ctx, profile, target, name, produced_by)
+        weights[name] = guard_produced(paths[name], name)  # NaN/Inf weights or zero scales fail here
+        if weights[name]["all_zero_channels"]:
+            log.info(f"[{profile.id}] {name}: all-zero output channels {weights[name]['all_zero_channels']}")
     checks, packages = _preflight_and_package(ctx, profile, target, paths, threads)
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
@@ -613,9 +637,13 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         record["verdicts"] += gates
         record["ok"] = record["ok"] and all(v["ok"] is not False for v in gates)
         record["preflight"] = checks[name]
+        record["weights_check"] = weights[name]
         record["package"] = packages[name]
         variants.append(record)
     deliverable = _choose_deliverable(variants, target)
+    decision = {"deliverable": deliverable["name"], "by": "fastest p50 among variants meeting every budget"}
+    if ctx.replay is not None:
+        deliverable, decision = _replayed_deliverable(ctx.replay, profile.id, variants)
     runtime = _ship(ctx, profile, target, folder, deliverable, threads, files)
     return {
         "id": profile.id,
@@ -632,6 +660,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             "baseline_metric": round(ctx.baseline_metric, 6),
         },
         "deliverable": deliverable["name"],
+        "decisions": decision,
         "package": {
             "model": f"{profile.id}/{runtime['model']}",
             "runtime": f"{profile.id}/runtime.json",
@@ -652,18 +681,31 @@ def build(
     profiles: list[str] | None = None,
     out: str | Path | None = None,
     profiles_dirs: tuple[Path, ...] | list[Path] = (),
+    replay: str | Path | None = None,
 ) -> dict:
-    """Build every profile of a recipe; returns the manifest (also written to OUT/manifest.json)."""
+    """Build every profile of a recipe; returns the manifest (also written to OUT/manifest.json).
+
+    replay: an earlier build's manifest whose timing-based decisions are repeated (exporter.replay)."""
     with log.stdout_to_stderr():
-        return _build(recipe, profiles, out, profiles_dirs)
+        return _build(recipe, profiles, out, profiles_dirs, replay)
 
 
 def _build(
-    recipe: str | Path, profiles: list[str] | None, out: str | Path | None, profiles_dirs: tuple[Path, ...] | list[Path]
+    recipe: str | Path,
+    profiles: list[str] | None,
+    out: str | Path | None,
+    profiles_dirs: tuple[Path, ...] | list[Path],
+    replay: str | Path | None = None,
 ) -> dict:
+    from exporter.replay import load_replay
+    from exporter.versions import source_date_epoch
+
+    source_date_epoch()  # a malformed SOURCE_DATE_EPOCH is refused before any work
     if out is not None:
         check_output(Path(out))
     ctx = prepare(recipe, profiles, profiles_dirs)
+    if replay is not None:
+        ctx.replay = load_replay(Path(replay), ctx.loaded.sha256, [p.id for p in ctx.profiles])
     r = ctx.loaded.recipe
     final = Path(out) if out is not None else ctx.loaded.resolve(r.output)
     if final.resolve() == ctx.loaded.path.parent or ctx.loaded.path.is_relative_to(final.resolve()):

@@ -112,6 +112,7 @@ def quantize_int8(
     speed_baseline: Path | None = None,
     label: str = "quantize",
     keep_dir: Path | None = None,
+    speed_replay: dict | None = None,
 ) -> QuantizeResult:
     """Static INT8: pre-process, calibrate, quantize; then the accuracy search and the speed guard.
 
@@ -119,6 +120,8 @@ def quantize_int8(
     speed guard, which only makes sense where the host runs the target's own kernels (CPU). It
     times against `speed_baseline`, the fastest FP32 graph the build ships (for a transformer, the
     fully fused one, not the graph quantization starts from), defaulting to `fp32_path`.
+    `speed_replay` (the speed-guard record of an earlier build, `edgex build --replay`) repeats
+    that build's decision without timing anything, so the INT8 bytes are the same.
     """
     if preset.format != "qdq" and preset.activation_type.endswith("16"):
         raise UsageError(
@@ -203,7 +206,9 @@ def quantize_int8(
                 "evaluated_on": "evaluation set"
                 + (f" ({settings.search.samples}-sample subset)" if settings.search.samples else ""),
             }
-            if speed_feed is not None and settings.speed_guard:
+            if speed_feed is not None and settings.speed_guard and speed_replay is not None:
+                chosen, guard = _replay_guard(speed_replay, prepped, chosen, result, requantize, label)
+            elif speed_feed is not None and settings.speed_guard:
                 reference = speed_baseline or fp32_path
                 chosen, guard = _speed_guard(
                     reference, prepped, chosen, result, requantize, evaluate, budget, speed_feed, method, label
@@ -258,14 +263,9 @@ def _speed_guard(
     if ratio <= 1 + TOLERANCE:
         record["verdict"] = "INT8 is not slower than FP32"
         return chosen, record
-    kept = {k["tensor"] for k in result.kept if k["kept_as"] == "float"}
-    overrides = {k["tensor"]: "uint16" for k in result.kept if k["kept_as"] == "uint16"}
     fp32 = onnx.load(str(prepped))
     for rung, op_types, no_depthwise in LADDER:
-        exclude = tuple(depthwise_convs(fp32)) if no_depthwise else ()
-        path = requantize(method, overrides, op_types, exclude)
-        if kept:
-            onnx.save(keep_float(onnx.load(str(path)), kept), str(path))
+        path = _rung_model(fp32, result, requantize, method, op_types, no_depthwise)
         drop = evaluate(path)
         r = confirmed(path) if drop <= budget else float("nan")
         record["tried"].append({"rung": rung, "ratio": round(r, 3), "drop": round(drop, 6), "ok": drop <= budget})
@@ -280,6 +280,38 @@ def _speed_guard(
         "that cost the time"
     )
     return chosen, record
+
+
+def _rung_model(fp32, result, requantize, method, op_types, no_depthwise) -> Path:
+    """The searched model re-quantized with only this rung's op types (kept tensors stay kept)."""
+    kept = {k["tensor"] for k in result.kept if k["kept_as"] == "float"}
+    overrides = {k["tensor"]: "uint16" for k in result.kept if k["kept_as"] == "uint16"}
+    exclude = tuple(depthwise_convs(fp32)) if no_depthwise else ()
+    path = requantize(method, overrides, op_types, exclude)
+    if kept:
+        onnx.save(keep_float(onnx.load(str(path)), kept), str(path))
+    return path
+
+
+def _replay_guard(record: dict, prepped, chosen, result, requantize, label) -> tuple[Path, dict]:
+    """Repeat an earlier build's speed-guard decision (its rung, or none) without timing."""
+    rung = record.get("chosen")
+    replayed = {**record, "replayed": True}
+    if rung is None or rung == "as searched":
+        log.info(f"[{label}] speed guard replayed: {record.get('verdict', 'kept as searched')}")
+        return chosen, replayed
+    match = [r for r in LADDER if r[0] == rung]
+    if not match:
+        raise UsageError(
+            f"the replayed speed guard chose '{rung}', which this edgex does not have",
+            path="--replay",
+            field="speed_guard.chosen",
+            fix="replay a manifest written by the same edgex version",
+        )
+    _, op_types, no_depthwise = match[0]
+    log.info(f"[{label}] speed guard replayed: {rung}")
+    fp32 = onnx.load(str(prepped))
+    return _rung_model(fp32, result, requantize, result.method, op_types, no_depthwise), replayed
 
 
 def depthwise_convs(model: onnx.ModelProto) -> list[str]:

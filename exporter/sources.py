@@ -6,7 +6,9 @@ anything else refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,20 @@ from exporter.callables import call_user
 from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
+
+# Set only by an explicit `--trust-code` on the command line (or `trusting_code()` from Python):
+# code-carrying checkpoints (TorchScript) are otherwise refused.
+TRUST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgex_trust_code", default=False)
+
+
+@contextmanager
+def trusting_code(trust: bool = True) -> Iterator[None]:
+    """Within this block, TorchScript checkpoints are loaded (their code runs): only for files you trust."""
+    token = TRUST_CODE.set(trust)
+    try:
+        yield
+    finally:
+        TRUST_CODE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,15 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
                 fix="re-save it with safetensors.torch.save_file",
             ) from None
     if path.suffix in (".pt", ".pth", ".bin"):
+        if _is_torchscript(path):
+            if not TRUST_CODE.get():
+                raise UsageError(
+                    f"'{path.name}' is a TorchScript archive: it carries code, which edgex does not run",
+                    path=where,
+                    field="model.checkpoint",
+                    fix="save its state_dict with safetensors.torch.save_file, or pass --trust-code if you trust it",
+                )
+            return _torchscript_state(path, where)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -67,6 +92,37 @@ def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
         field="model.checkpoint",
         fix="use .safetensors (or a .pt state_dict)",
     )
+
+
+def _torchscript_state(path: Path, where: Path) -> dict[str, Any]:
+    """--trust-code: the archive is loaded with torch.jit.load (its code runs) and only its weights are kept."""
+    import torch
+
+    from exporter import log
+
+    log.info(f"loading TorchScript '{path.name}' because --trust-code was given: its code runs")
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as exc:
+        raise UsageError(
+            f"'{path.name}' is not a loadable TorchScript archive ({type(exc).__name__})",
+            path=where,
+            field="model.checkpoint",
+            fix="re-save it with torch.jit.save, or as .safetensors",
+        ) from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript zips hold a `code/` folder; torch.load would hand them to torch.jit.load."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.startswith("code/") or n.endswith("constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
@@ -110,6 +166,9 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
                 fix="use the checkpoint saved from this architecture",
             )
         digest = sha256_file(ckpt)
+    from exporter.numerics import check_state
+
+    check_state(module.state_dict(), loaded.path, "model.checkpoint" if spec.checkpoint else "model.factory")
     module.eval()
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
@@ -129,6 +188,12 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
             field="inputs",
             fix="name the recipe's inputs after the model's",
         )
+    from exporter.isolate import probe
+    from exporter.numerics import check_initializers
+
+    check_initializers(model, loaded.path, "model.path")
+    # Not built here: it must load and run once in the limited child before any session in this process.
+    probe(path, field="model.path")
     return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=sha256_file(path))
 
 

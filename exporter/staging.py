@@ -6,6 +6,7 @@ final name, never half an artifact.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -96,9 +97,68 @@ def staged_output(final: Path) -> Iterator[Path]:
             f"cannot write there ({exc.strerror})", path=final.parent, field="output", fix="choose a writable --out"
         ) from None
     with _exclusive(final):
+        _recover(final)  # under the lock, anything staged beside this folder is from a build that died
         check_output(final)  # checked again under the lock: another build may have just written it
         with _staged(final) as tmp:
             yield tmp
+
+
+def _recover(final: Path) -> None:
+    """Clean up after a build that was killed: restore a release caught between the two renames of
+    the fallback swap, then delete stale staging folders. Only called while holding the lock."""
+    olds = sorted(final.parent.glob(f".{final.name}.edgex-old-*"))
+    if not final.exists():
+        for old in olds:
+            previous = old / "previous"
+            if previous.is_dir() and not previous.is_symlink() and _is_release(previous):
+                os.rename(previous, final)
+                break
+    for stale in olds + sorted(final.parent.glob(f".{final.name}.edgex-tmp-*")):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _write_error(exc: OSError, final: Path, tmp: Path) -> UsageError | None:
+    """Disk full, quota, file too large, permission, read-only: the path and the fix, nothing half-written.
+
+    None for errors that are not about writing the release (e.g. an unreadable input file)."""
+    if exc.errno not in _WRITE_ERRORS:
+        return None
+    where = Path(os.fsdecode(exc.filename)) if exc.filename else final
+    if where.is_relative_to(tmp):
+        where = final / where.relative_to(tmp)  # name the file as the user will know it
+    elif exc.errno in (errno.EACCES, errno.EPERM) and not where.is_relative_to(final.parent):
+        return None
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return UsageError(
+        f"cannot write {where} ({exc.strerror or errno.errorcode.get(exc.errno, exc)}); nothing was left "
+        "under the output name",
+        path=final,
+        field="output",
+        fix="free space on that disk or choose another --out" if full else "make it writable or choose another --out",
+    )
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (renameat2 RENAME_EXCHANGE); False where the kernel or filesystem cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextmanager
@@ -112,16 +172,38 @@ def _staged(final: Path) -> Iterator[Path]:
         ) from None
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a release folder gets the user's usual mode
+        _fsync_tree(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        mapped = _write_error(exc, final, tmp)
+        if mapped is not None:
+            raise mapped from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a release folder gets the user's usual mode
-    old = None
+    # From here on the name always holds a complete release: the new one, or (until the swap) the old.
     if final.exists():
+        if _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous release
+            return
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgex-old-", dir=final.parent))
-        os.rename(final, old / "previous")
-    os.rename(tmp, final)
-    if old is not None:
+        os.rename(final, old / "previous")  # a kill right here is repaired by the next build (`_recover`)
+        os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file before the rename, so a power cut cannot leave a renamed folder of empty files."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -15,8 +15,10 @@ from exporter.errors import UsageError
 from exporter.manifest import MANIFEST
 
 
-def verify(folder: Path) -> dict:
-    if folder.is_file() and folder.name != MANIFEST:  # a merged release.json (edgex merge)
+def verify(folder: Path, public_key: Path | None = None, signature: Path | None = None) -> dict:
+    """public_key: also check OUT/manifest.sig (or `signature`) with exporter.signing. A merged
+    release.json (edgex merge) is checked cell by cell."""
+    if folder.is_file() and folder.name != MANIFEST:
         from exporter.matrix.merge import verify_release
 
         return verify_release(folder)
@@ -48,7 +50,10 @@ def verify(folder: Path) -> dict:
             problems.append({"path": rel, "problem": "missing"})
         elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             problems.append({"path": rel, "problem": "content differs from the manifest"})
-    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    from exporter.signing import SIGNATURE
+
+    unlisted = {MANIFEST, SIGNATURE}
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - unlisted
     problems += [{"path": rel, "problem": "not listed in the manifest"} for rel in sorted(on_disk - set(listed))]
     for prof in manifest.get("profiles", []):
         for v in prof.get("variants", []):
@@ -57,4 +62,15 @@ def verify(folder: Path) -> dict:
                 problems.append(
                     {"path": art["path"], "problem": f"variant '{prof['id']}/{v['name']}' records a different digest"}
                 )
-    return {"folder": str(folder), "files": len(listed), "ok": not problems, "problems": problems}
+    signed = None
+    if public_key is not None:
+        from exporter.signing import verify_signature
+
+        problem = verify_signature(folder, public_key, signature)
+        signed = not problem
+        if problem:
+            problems.insert(0, problem)
+    result = {"folder": str(folder), "files": len(listed), "ok": not problems, "problems": problems}
+    if signed is not None:
+        result["signature"] = "valid" if signed else "invalid"
+    return result

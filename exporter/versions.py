@@ -42,3 +42,22 @@ def host_facts() -> dict[str, object]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system()}
+
+
+def source_date_epoch() -> str | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org): unset, or a whole number of seconds; anything else is refused."""
+    import os
+
+    from exporter.errors import UsageError
+
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise UsageError(
+            f"'{raw[:40]}' is not a whole number of seconds since 1970",
+            path="environment",
+            field="SOURCE_DATE_EPOCH",
+            fix="set it to e.g. $(git log -1 --format=%ct), or unset it",
+        )
+    return raw
