@@ -39,11 +39,15 @@ class Reading:
     """One sensor as found: how to read it, what it reads, and from which files."""
 
     sensor: str
-    kind: str  # "energy_j" (cumulative counter) or "power_w" (instantaneous)
-    read: Callable[[], float]
+    kind: str  # "energy_j" (cumulative counters) or "power_w" (instantaneous)
+    read_each: Callable[[], tuple[float, ...]]  # one value per channel
     channels: tuple[str, ...]
     sources: tuple[str, ...]
-    wrap_j: float | None = None  # counter range, for a counter that wrapped during a block
+    wraps_j: tuple[float, ...] = ()  # each counter's range: a counter that wrapped during a block
+
+    def read(self) -> float:
+        """Total over the channels (watts, or joules of the counters as they stand)."""
+        return sum(self.read_each())
 
 
 def sysfs_root(root: str | None = None) -> Path:
@@ -74,15 +78,15 @@ def _pick(found: list[tuple[str, Callable[[], float], str]], channels: tuple[str
     return found
 
 
-def _sum(readers: list[Callable[[], float]]) -> Callable[[], float]:
-    return lambda: sum(r() for r in readers)
+def _each(readers: list[Callable[[], float]]) -> Callable[[], tuple[float, ...]]:
+    return lambda: tuple(r() for r in readers)
 
 
 def find_rapl(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
     zones = [
         z for z in sorted(glob.glob(str(root / "class/powercap/intel-rapl:*"))) if os.path.basename(z).count(":") == 1
     ]
-    found, wrap = [], 0.0
+    found, wraps = [], {}
     for zone in zones:
         energy = os.path.join(zone, "energy_uj")
         if not os.access(energy, os.R_OK):
@@ -90,17 +94,17 @@ def find_rapl(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
         name = _text(os.path.join(zone, "name")) or os.path.basename(zone)
         found.append((name, (lambda p=energy: _num(p) / 1e6), energy))
         rng = _text(os.path.join(zone, "max_energy_range_uj"))
-        wrap = max(wrap, float(rng) / 1e6 if rng else 0.0)
+        wraps[name] = float(rng) / 1e6 if rng else 0.0
     found = _pick(found, channels, "rapl")
     if not found:
         return None
     return Reading(
         "rapl",
         "energy_j",
-        _sum([r for _, r, _ in found]),
+        _each([r for _, r, _ in found]),
         tuple(n for n, _, _ in found),
         tuple(s for _, _, s in found),
-        wrap or None,
+        tuple(wraps[n] for n, _, _ in found),
     )
 
 
@@ -131,7 +135,7 @@ def find_hwmon(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
     if not found:
         return None
     return Reading(
-        "hwmon", "power_w", _sum([r for _, r, _ in found]), tuple(n for n, _, _ in found), tuple(s for *_, s in found)
+        "hwmon", "power_w", _each([r for _, r, _ in found]), tuple(n for n, _, _ in found), tuple(s for *_, s in found)
     )
 
 
@@ -152,7 +156,7 @@ def find_jetson_ina3221(root: Path, channels: tuple[str, ...] = ()) -> Reading |
     return Reading(
         "jetson-ina3221",
         "power_w",
-        _sum([r for _, r, _ in found]),
+        _each([r for _, r, _ in found]),
         tuple(n for n, _, _ in found),
         tuple(s for *_, s in found),
     )
@@ -168,7 +172,7 @@ def find_android_battery(root: Path, channels: tuple[str, ...] = ()) -> Reading 
     return Reading(
         "android-battery",
         "power_w",
-        lambda: abs(_num(str(cur))) * _num(str(volt)) / 1e12,
+        lambda: (abs(_num(str(cur))) * _num(str(volt)) / 1e12,),
         (name,),
         (f"{cur} x {volt}",),
     )
@@ -221,7 +225,7 @@ class Meter:
     idle_seconds: float = 1.0
     idle_w: float | None = None
     blocks: dict[str, _Block] = field(default_factory=dict)
-    _start: tuple[float, float] = (0.0, 0.0)
+    _start: tuple[float, tuple[float, ...]] = (0.0, ())
     _samples: list[float] = field(default_factory=list)
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
@@ -235,7 +239,7 @@ class Meter:
             stop.wait(max(0.0, next_at - time.perf_counter()))
 
     def start(self) -> None:
-        self._start = (time.perf_counter(), self.reading.read() if self.reading.kind == "energy_j" else 0.0)
+        self._start = (time.perf_counter(), self.reading.read_each() if self.reading.kind == "energy_j" else ())
         if self.reading.kind == "power_w":
             self._samples = []
             self._stop = threading.Event()
@@ -246,10 +250,12 @@ class Meter:
         """(joules, seconds, samples) since start()."""
         t0, e0 = self._start
         if self.reading.kind == "energy_j":
-            joules = self.reading.read() - e0
+            e1 = self.reading.read_each()
             seconds = time.perf_counter() - t0
-            if joules < 0 and self.reading.wrap_j:
-                joules += self.reading.wrap_j
+            joules = 0.0
+            for i, (a, b) in enumerate(zip(e0, e1)):
+                wrap = self.reading.wraps_j[i] if i < len(self.reading.wraps_j) else 0.0
+                joules += b - a if b >= a or not wrap else b - a + wrap  # one wrap per block at most
             return joules, seconds, 2
         assert self._stop is not None and self._thread is not None
         self._stop.set()
