@@ -133,7 +133,7 @@ def run(folder: str, settings: dict) -> dict:
             "hostname": platform.node(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
+            "python_version": platform.python_version(),
             "numpy": np.__version__,
             "onnxruntime": ort.__version__,
         },
