@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -278,11 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown scenario(s) {unknown}; choose from {', '.join(ALL)}")
     started = time.perf_counter()
+    out = args.out.resolve()
+    here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="edgex-suite-") as tmp, log.stdout_to_stderr():
-        results = [scenario(n, Path(tmp), args.quick) for n in names]
+        os.chdir(tmp)  # onnxruntime's symbolic shape inference leaves temporary files in the working folder
+        try:
+            results = [scenario(n, Path(tmp), args.quick) for n in names]
+        finally:
+            os.chdir(here)
     command = "benchmarks/suite.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
-    write(results, args.out, args.quick, time.perf_counter() - started, command)
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    write(results, out, args.quick, time.perf_counter() - started, command)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
 

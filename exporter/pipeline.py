@@ -322,6 +322,9 @@ def _variant_record(
         },
         "device_estimate": device,
         "measured_power": meas.power,
+        "power_judged_on": "measured"
+        if (meas.power or {}).get("available")
+        else ("estimate" if device["available"] else None),
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
         "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},

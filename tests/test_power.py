@@ -19,6 +19,17 @@ from exporter.bench import power
 from exporter.errors import UsageError
 
 
+def run_inprocess(capsys, *args: str) -> tuple[int, str, str]:
+    """The console entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from exporter.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
 def _write(path: Path, value: object) -> None:
     """Atomic, like a sysfs attribute: a reader never sees a half-written number."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,21 +252,43 @@ def test_bench_judges_energy_on_the_measurement_and_a_miss_exits_1_with_junit(ti
     assert any("average_power_w" in f and "measured by hwmon" in f for f in failures)
 
 
-def test_profile_sensor_absent_here_falls_back_to_the_estimate_and_says_so(tiny, tmp_path):
+def test_profile_sensor_absent_here_falls_back_to_the_estimate_and_says_so(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(power.ENV_ROOT, str(tmp_path / "empty"))
     profiles = power_profile(tmp_path / "profiles", "pi-orin-like", "jetson-ina3221")
     args = ["--profiles-dir", str(profiles), "bench", str(tiny), "--profile", "pi-orin-like", "--json"]
-    proc = run_cli(*args, "--runs", "20", "--seconds", "0.1", env={power.ENV_ROOT: str(tmp_path / "empty")})
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    code, out, err = run_inprocess(capsys, *args, "--runs", "20", "--seconds", "0.1")
+    assert code == 0, err
+    result = json.loads(out)
     assert result["measured_power"]["available"] is False and "ina3221" in result["measured_power"]["reason"]
     assert result["power_judged_on"] == "estimate"
     energy = next(v for v in result["verdicts"] if v["budget"] == "energy_mj")
     assert energy["basis"].startswith("device estimate")
 
 
-def test_asking_for_a_sensor_this_machine_lacks_is_exit_2(tiny, tmp_path):
+def test_asking_for_a_sensor_this_machine_lacks_is_exit_2(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(power.ENV_ROOT, str(tmp_path))
     args = ["bench", str(tiny), "--profile", "raspberry-pi-5-cpu", "--power-sensor", "rapl", "--runs", "5"]
-    proc = run_cli(*args, env={power.ENV_ROOT: str(tmp_path)})
-    assert proc.returncode == 2
-    assert "--power-sensor" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, _, err = run_inprocess(capsys, *args)
+    assert code == 2
+    assert "--power-sensor" in err and "intel-rapl" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_build_records_measured_power_per_variant_in_manifest_and_report(tmp_path):
+    from conftest import write_tiny_project
+
+    sysfs = tmp_path / "sys"
+    _hwmon_tree(sysfs)
+    profiles = power_profile(tmp_path / "profiles", "pi-measured", "hwmon")
+    recipe = write_tiny_project(tmp_path / "proj", profiles=["pi-measured"])
+    proc = run_cli("--profiles-dir", str(profiles), "build", str(recipe), "--json", env={power.ENV_ROOT: str(sysfs)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prof = json.loads(proc.stdout)["profiles"][0]
+    for v in prof["variants"]:
+        m = v["measured_power"]
+        assert m["available"] and m["sensor"] == "hwmon" and m["samples"] > 0, v["name"]
+        assert v["power_judged_on"] == "measured" and v["device_estimate"]["available"]
+        power_verdict = next(x for x in v["verdicts"] if x["budget"] == "average_power_w")
+        assert power_verdict["value"] == m["average_power_w"] and "measured by hwmon" in power_verdict["basis"]
+    report = (tmp_path / "proj" / "out" / "report.md").read_text()
+    assert "Measured power (hwmon" in report and "judged on these, not on the estimate" in report

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from test_power import _hwmon_tree, _tiny_onnx, power_profile
+from test_power import _hwmon_tree, _tiny_onnx, power_profile, run_inprocess
 
 from exporter.bench import power
 from exporter.bench.remote import parse_runner
@@ -95,13 +95,24 @@ def ssh_board(tmp_path_factory):
     thread.join(5)
 
 
-def _bench(board: dict, *extra: str, identity: str = "id_board", known: str = "known_hosts", env=None, port=None):
+def _bench(
+    board: dict,
+    *extra: str,
+    identity: str = "id_board",
+    known: str = "known_hosts",
+    port=None,
+    capsys=None,
+    profile: str = "raspberry-pi-5-cpu",
+    profiles_dir: Path | None = None,
+):
+    """The CLI with the ssh runner; in this process when `capsys` is given (returns code, stdout, stderr)."""
     f = board["folder"]
     args = [
+        *(["--profiles-dir", str(profiles_dir)] if profiles_dir else []),
         "bench",
         str(board["model"]),
         "--profile",
-        "raspberry-pi-5-cpu",
+        profile,
         "--runner",
         f"ssh://tester@127.0.0.1:{port or board['port']}",
         "--ssh-config",
@@ -118,20 +129,30 @@ def _bench(board: dict, *extra: str, identity: str = "id_board", known: str = "k
         "0.2",
         *extra,
     ]
-    return run_cli(*args, env=env)
+    if capsys is not None:
+        return run_inprocess(capsys, *args)
+    return run_cli(*args)
 
 
 def test_ssh_runner_returns_what_a_local_bench_returns(ssh_board):
     remote = _bench(ssh_board, "--json")
     assert remote.returncode == 0, remote.stderr + remote.stdout
     local = run_cli(
-        "bench", str(ssh_board["model"]), "--profile", "raspberry-pi-5-cpu", "--runs", "40", "--seconds", "0.2", "--json"
+        "bench",
+        str(ssh_board["model"]),
+        "--profile",
+        "raspberry-pi-5-cpu",
+        "--runs",
+        "40",
+        "--seconds",
+        "0.2",
+        "--json",
     )
     assert local.returncode == 0, local.stderr
     r, lo = json.loads(remote.stdout), json.loads(local.stdout)
     assert set(r) == set(lo) and set(r["latency_ms"]) == set(lo["latency_ms"])
     assert [v["budget"] for v in r["verdicts"]] == [v["budget"] for v in lo["verdicts"]]
-    assert r["runner"]["kind"] == "ssh" and r["runner"]["target"] == "tester@127.0.0.1:%d" % ssh_board["port"]
+    assert r["runner"]["kind"] == "ssh" and r["runner"]["target"] == f"tester@127.0.0.1:{ssh_board['port']}"
     assert r["runner"]["python"] == sys.executable and r["runner"]["host_key"] == "checked"
     import onnxruntime
 
@@ -149,49 +170,51 @@ def test_ssh_runner_returns_what_a_local_bench_returns(ssh_board):
     assert 0.2 < r["latency_ms"]["p50"] / lo["latency_ms"]["p50"] < 5
 
 
-def test_ssh_runner_measures_power_on_the_board(ssh_board, tmp_path, monkeypatch):
+def test_ssh_runner_measures_power_on_the_board(ssh_board, tmp_path, monkeypatch, capsys):
     sysfs = tmp_path / "sys"
     _hwmon_tree(sysfs)
     monkeypatch.setenv(power.ENV_ROOT, str(sysfs))  # the server's shell (the "board") inherits it
     profiles = power_profile(tmp_path / "profiles", "pi-board", "hwmon")
-    proc = _bench(ssh_board, "--json", "--power-sensor", "hwmon")
-    assert proc.returncode == 0, proc.stderr
-    r = json.loads(proc.stdout)
+    code, out, err = _bench(ssh_board, "--json", capsys=capsys, profile="pi-board", profiles_dir=profiles)
+    assert code == 0, err
+    r = json.loads(out)
     assert r["measured_power"]["available"] and r["measured_power"]["busy_w"] == pytest.approx(8.5, rel=0.05)
     assert r["power_judged_on"] == "measured"
     energy = next(v for v in r["verdicts"] if v["budget"] == "energy_mj")
     assert "measured by hwmon on 127.0.0.1" in energy["basis"]
-    assert profiles.is_dir()
+    # The profile's own sensor settings travel to the board: 200 Hz sampling, 0.2 s of idle.
+    assert r["measured_power"]["sampling_hz"] == 200 and r["measured_power"]["idle_seconds"] == 0.2
 
 
-def _one_line_exit_2(proc, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    err = proc.stderr.strip()
+def _one_line_exit_2(result: tuple[int, str, str], *words: str) -> None:
+    code, out, err = result
+    assert code == 2, err + out
+    err = err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
 
 
-def test_an_unpinned_host_key_is_refused_not_ignored(ssh_board):
-    _one_line_exit_2(_bench(ssh_board, known="wrong_known_hosts"), "host key", "--accept-new-host-key")
+def test_an_unpinned_host_key_is_refused_not_ignored(ssh_board, capsys):
+    _one_line_exit_2(_bench(ssh_board, known="wrong_known_hosts", capsys=capsys), "host key", "--accept-new-host-key")
 
 
-def test_a_key_the_board_does_not_accept_is_exit_2(ssh_board):
-    _one_line_exit_2(_bench(ssh_board, identity="id_stranger"), "authentication", "--identity")
+def test_a_key_the_board_does_not_accept_is_exit_2(ssh_board, capsys):
+    _one_line_exit_2(_bench(ssh_board, identity="id_stranger", capsys=capsys), "authentication", "--identity")
 
 
-def test_an_unreachable_board_is_exit_2(ssh_board):
+def test_an_unreachable_board_is_exit_2(ssh_board, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _one_line_exit_2(_bench(ssh_board, port=port), "cannot reach")
+    _one_line_exit_2(_bench(ssh_board, port=port, capsys=capsys), "cannot reach")
 
 
-def test_a_board_without_onnxruntime_is_exit_2(ssh_board, tmp_path):
+def test_a_board_without_onnxruntime_is_exit_2(ssh_board, tmp_path, capsys):
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "onnxruntime.py").write_text("raise ImportError(\"No module named 'onnxruntime'\")\n")
-    proc = _bench(ssh_board, "--remote-python", f"env PYTHONPATH={shim} {sys.executable}")
+    proc = _bench(ssh_board, "--remote-python", f"env PYTHONPATH={shim} {sys.executable}", capsys=capsys)
     _one_line_exit_2(proc, "lacks onnxruntime", "pip install")
 
 
