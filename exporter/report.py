@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.bench.estimate import FORMULA
+
 PLOT = "latency_vs_accuracy.png"
 
 
@@ -82,6 +84,8 @@ def write_report(
         lines += [
             "",
             "Device estimates (not measurements; model and constants in the manifest's `device_estimate`):",
+            "",
+            f"Formula: {FORMULA}.",
             "",
             "| variant | est. latency ms | est. energy mJ | est. avg power W | host efficiency | p-interval (95%) |",
             "|---|---|---|---|---|---|",

@@ -288,7 +288,9 @@ def test_build_records_measured_power_per_variant_in_manifest_and_report(tmp_pat
         m = v["measured_power"]
         assert m["available"] and m["sensor"] == "hwmon" and m["samples"] > 0, v["name"]
         assert v["power_judged_on"] == "measured" and v["device_estimate"]["available"]
+        assert "static_power_w x latency" in v["device_estimate"]["formula"]  # the estimate stays, with its formula
         power_verdict = next(x for x in v["verdicts"] if x["budget"] == "average_power_w")
         assert power_verdict["value"] == m["average_power_w"] and "measured by hwmon" in power_verdict["basis"]
     report = (tmp_path / "proj" / "out" / "report.md").read_text()
     assert "Measured power (hwmon" in report and "judged on these, not on the estimate" in report
+    assert "Formula: latency = max(MACs / compute_gmacs" in report

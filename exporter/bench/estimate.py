@@ -8,7 +8,8 @@ Model (every constant comes from the profile's `estimates:` section, each with i
   efficiency e = t_roofline(host) / t_measured(host), from this build's own host measurement of the
              same model against the host's measured ceilings (MatMul GMAC/s, copy bandwidth), so
              overheads the roofline ignores (small kernels, Q/DQ, dispatch) carry over to the device.
-  latency    t(device) = t_roofline(device) / e.
+  latency    t(device) = t_roofline(device) / e; on a board (`edgex bench --runner ssh://...`) the
+             latency measured there replaces it.
   energy     E = MACs x pj_per_mac[precision] + bytes x pj_per_dram_byte + static_power_w x t(device).
   power      P(rate) = static_power_w + (E - static part) x rate: the unit idles at static power between
              queries; a rate the device latency cannot sustain is reported as such.
@@ -29,6 +30,11 @@ METHOD = "estimate: roofline (compute, DRAM) scaled by host efficiency + per-op 
 METHOD_ON_DEVICE = (
     "estimate: per-op energy (profile constants) + static power x the latency measured on the device "
     "(see exporter/bench/estimate.py)"
+)
+FORMULA = (
+    "latency = max(MACs / compute_gmacs, bytes / dram_gbps) / host efficiency (or as measured on the device); "
+    "energy = MACs x pj_per_mac + bytes x pj_per_dram_byte + static_power_w x latency; "
+    "power(rate) = static_power_w + (MACs x pj_per_mac + bytes x pj_per_dram_byte) x rate"
 )
 _ITEMSIZE = {
     onnx.TensorProto.FLOAT: 4,
@@ -145,6 +151,7 @@ def estimate(
     out = {
         "available": True,
         "method": METHOD if device_latency_ms is None else METHOD_ON_DEVICE,
+        "formula": FORMULA,
         "macs": macs,
         "bytes_moved": moved,
         "host_ceilings": {k: round(v, 2) for k, v in host.items()},

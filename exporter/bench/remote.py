@@ -105,9 +105,9 @@ def ssh_command(parts: dict, options: RunnerOptions, remote: str) -> list[str]:
     return [*cmd, dest, "--", remote]
 
 
-def _bundle(model: Path, settings: dict) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+def _bundle(model: Path, settings: dict, out) -> None:
+    """model.onnx, board_script.py, power.py and settings.json as a tar, written to `out` (a file)."""
+    with tarfile.open(fileobj=out, mode="w") as tar:
         tar.add(model, arcname="model.onnx")
         tar.add(HERE / "board_script.py", arcname="board_script.py")
         tar.add(HERE / "power.py", arcname="power.py")
@@ -115,7 +115,6 @@ def _bundle(model: Path, settings: dict) -> bytes:
         info = tarfile.TarInfo("settings.json")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _ssh_failure(stderr: str, where: str) -> UsageError:
@@ -160,7 +159,7 @@ def run_ssh(
     cmd = ssh_command(parts, options, remote)
     budget = settings.warmup_runs * 5 + settings.max_seconds * 2 + (power or {}).get("idle_seconds", 0) + 120
     with tempfile.TemporaryFile() as stdin:
-        stdin.write(_bundle(path, payload))
+        _bundle(path, payload, stdin)
         stdin.seek(0)
         try:
             proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=budget)
