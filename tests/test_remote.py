@@ -199,6 +199,16 @@ def test_an_unpinned_host_key_is_refused_not_ignored(ssh_board, capsys):
     _one_line_exit_2(_bench(ssh_board, known="wrong_known_hosts", capsys=capsys), "host key", "--accept-new-host-key")
 
 
+def test_a_first_seen_host_key_is_accepted_only_when_asked(ssh_board, capsys):
+    (ssh_board["folder"] / "empty_known_hosts").write_text("")
+    _one_line_exit_2(_bench(ssh_board, known="empty_known_hosts", capsys=capsys), "host key")
+    code, out, err = _bench(ssh_board, "--accept-new-host-key", "--json", known="empty_known_hosts", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["runner"]["host_key"] == "accepted if new (--accept-new-host-key)"
+    pinned = (ssh_board["folder"] / "empty_known_hosts").read_text()
+    assert f"[127.0.0.1]:{ssh_board['port']}" in pinned  # ssh pinned it: later runs check it
+
+
 def test_a_key_the_board_does_not_accept_is_exit_2(ssh_board, capsys):
     _one_line_exit_2(_bench(ssh_board, identity="id_stranger", capsys=capsys), "authentication", "--identity")
 

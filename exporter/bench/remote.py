@@ -96,9 +96,12 @@ def ssh_command(parts: dict, options: RunnerOptions, remote: str) -> list[str]:
     if options.identity is not None:
         cmd += ["-i", str(options.identity), "-o", "IdentitiesOnly=yes"]
     if options.known_hosts is not None:
-        cmd += ["-o", f"UserKnownHostsFile={options.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        cmd += ["-o", f"UserKnownHostsFile={options.known_hosts}"]
+    # ssh keeps the first value it is given for an option: say it once.
     if options.accept_new_host_key:
         cmd += ["-o", "StrictHostKeyChecking=accept-new"]
+    elif options.known_hosts is not None:
+        cmd += ["-o", "StrictHostKeyChecking=yes"]
     if parts["port"] is not None:
         cmd += ["-p", str(parts["port"])]
     dest = f"{parts['user']}@{parts['host']}" if parts["user"] else parts["host"]
