@@ -240,13 +240,14 @@ def test_runner_urls_are_checked(url, words):
 
 
 def test_board_script_needs_nothing_of_edgex():
-    """What goes to the board imports only the standard library, numpy and onnxruntime."""
+    """What goes to the board imports only the standard library, numpy and onnxruntime, and parses as
+    Python 3.8 (JetPack 5's)."""
     import ast
 
     here = Path(power.__file__).parent
     allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "power", "__future__"}
     for name in ("board_script.py", "power.py"):
-        tree = ast.parse((here / name).read_text())
+        tree = ast.parse((here / name).read_text(), feature_version=(3, 8))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 mods = [a.name.split(".")[0] for a in node.names]
