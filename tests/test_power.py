@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,39 +37,31 @@ def _write(path: Path, value: object) -> None:
     os.replace(tmp, path)
 
 
-class _Counter:
-    """A fake RAPL zone whose energy_uj grows at `watts` (optionally from near its wrap point)."""
-
-    def __init__(self, path: Path, watts: float, start_uj: int = 0, range_uj: int = 10**12):
-        self.path, self.watts, self.start, self.range = path, watts, start_uj, range_uj
-        self.t0 = time.perf_counter()
-        self.stop = threading.Event()
-        _write(path, start_uj)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            uj = (self.start + int((time.perf_counter() - self.t0) * self.watts * 1e6)) % self.range
-            _write(self.path, uj)
-            self.stop.wait(0.001)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def _rapl_tree(root: Path, start_uj: int = 0, range_uj: int = 262143328850) -> list[_Counter]:
+def _rapl_tree(root: Path, start_uj: int = 0, range_uj: int = 262143328850) -> list[tuple[Path, float]]:
+    """Two package zones drawing 5 W and 3 W, and a core subzone; returns (energy_uj file, watts) pairs."""
     base = root / "class" / "powercap"
-    counters = []
+    zones = []
     for zone, name, watts in (("intel-rapl:0", "package-0", 5.0), ("intel-rapl:1", "package-1", 3.0)):
         _write(base / zone / "name", name)
         _write(base / zone / "max_energy_range_uj", range_uj)
-        counters.append(_Counter(base / zone / "energy_uj", watts, start_uj, range_uj))
+        _write(base / zone / "energy_uj", start_uj)
+        zones.append((base / zone / "energy_uj", watts))
     # A subzone (core) is part of its package: counting it too would double the energy.
     _write(base / "intel-rapl:0:0" / "name", "core")
     _write(base / "intel-rapl:0:0" / "energy_uj", 123)
-    return counters
+    return zones
+
+
+def _counted_block(meter: power.Meter, zones, seconds: float, runs: int, start_uj: int, range_uj: int) -> None:
+    """A timed block during which each counter advances by its watts x the block's own elapsed time
+    (written just before the meter's last read, as the hardware would have counted)."""
+    meter.block_start("m")
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    for path, watts in zones:
+        _write(path, (start_uj + int(watts * elapsed * 1e6)) % range_uj)
+    meter.block_stop("m", runs)
 
 
 def _hwmon_tree(root: Path) -> None:
@@ -89,42 +80,33 @@ def _time_block(meter: power.Meter, name: str, seconds: float, runs: int) -> Non
 
 
 def test_rapl_counter_before_and_after(tmp_path):
-    counters = _rapl_tree(tmp_path)
-    try:
-        reading, why = power.find("rapl", str(tmp_path))
-        assert why == "" and reading.kind == "energy_j"
-        assert reading.channels == ("package-0", "package-1")  # the core subzone is not added again
-        meter = power.Meter(reading, idle_seconds=0.2)
-        assert meter.idle() == pytest.approx(8.0, rel=0.15)
-        _time_block(meter, "m", 0.4, runs=100)
-        result = meter.result("m", rate_hz=10)
-    finally:
-        for c in counters:
-            c.close()
-    assert result["busy_w"] == pytest.approx(8.0, rel=0.15)
+    zones = _rapl_tree(tmp_path)
+    reading, why = power.find("rapl", str(tmp_path))
+    assert why == "" and reading.kind == "energy_j"
+    assert reading.channels == ("package-0", "package-1")  # the core subzone is not added again
+    meter = power.Meter(reading, idle_seconds=0.05)
+    assert meter.idle() == 0.0  # the counters did not move
+    _counted_block(meter, zones, 0.3, 100, 0, 262143328850)
+    result = meter.result("m", rate_hz=10)
+    assert result["busy_w"] == pytest.approx(8.0, rel=0.1)
     assert result["method"].startswith("energy counter") and result["sampling_hz"] is None
     per_inf = result["seconds"] / result["runs"]
     assert result["energy_mj"] == pytest.approx(result["busy_w"] * per_inf * 1e3, rel=1e-3)
-    assert result["sustains_rate"] is True  # 4 ms per inference at 10 Hz
-    assert result["average_power_w"] == pytest.approx(
-        result["idle_w"] + result["dynamic_energy_mj"] * 1e-3 * 10, rel=1e-3
-    )
+    assert result["dynamic_energy_mj"] == pytest.approx(result["energy_mj"], rel=1e-3)  # idle was 0 W
+    assert result["sustains_rate"] is True  # 3 ms per inference at 10 Hz
+    assert result["average_power_w"] == pytest.approx(result["dynamic_energy_mj"] * 1e-3 * 10, rel=1e-3)
 
 
 def test_rapl_counter_that_wraps_during_a_block(tmp_path):
-    range_uj = 10_000_000  # 10 J: at 8 W it wraps within ~1 s from 9.9 J
-    counters = _rapl_tree(tmp_path, start_uj=9_900_000, range_uj=range_uj)
-    try:
-        reading, _ = power.find("rapl", str(tmp_path))
-        assert reading.wraps_j == pytest.approx((10.0, 10.0))
-        meter = power.Meter(reading, idle_seconds=0.0)
-        time.sleep(0.01)
-        _time_block(meter, "m", 0.3, runs=10)
-    finally:
-        for c in counters:
-            c.close()
+    range_uj, start_uj = 10_000_000, 9_500_000  # 10 J range: 0.5 J from the top, both zones wrap
+    zones = _rapl_tree(tmp_path, start_uj=start_uj, range_uj=range_uj)
+    reading, _ = power.find("rapl", str(tmp_path))
+    assert reading.wraps_j == pytest.approx((10.0, 10.0))
+    meter = power.Meter(reading, idle_seconds=0.0)
+    _counted_block(meter, zones, 0.3, 10, start_uj, range_uj)
+    assert all(float(p.read_text()) < start_uj for p, _ in zones)  # they did wrap
     # Each zone wraps on its own: the delta is taken per counter, with its own range.
-    assert meter.result("m")["busy_w"] == pytest.approx(8.0, rel=0.25)
+    assert meter.result("m")["busy_w"] == pytest.approx(8.0, rel=0.1)
 
 
 def test_hwmon_power_and_voltage_current_sampled_at_the_set_rate(tmp_path):
@@ -280,10 +262,16 @@ def test_build_records_measured_power_per_variant_in_manifest_and_report(tmp_pat
     sysfs = tmp_path / "sys"
     _hwmon_tree(sysfs)
     profiles = power_profile(tmp_path / "profiles", "pi-measured", "hwmon")
-    recipe = write_tiny_project(tmp_path / "proj", profiles=["pi-measured"])
+    from conftest import FAST_BENCH
+
+    # FP32 only: the power hook is the same for every variant, and quantizing would only cost time.
+    recipe = write_tiny_project(
+        tmp_path / "proj", profiles=["pi-measured"], quantize={"enabled": False}, bench=dict(FAST_BENCH, min_runs=10)
+    )
     proc = run_cli("--profiles-dir", str(profiles), "build", str(recipe), "--json", env={power.ENV_ROOT: str(sysfs)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     prof = json.loads(proc.stdout)["profiles"][0]
+    assert [v["name"] for v in prof["variants"]] == ["baseline"]
     for v in prof["variants"]:
         m = v["measured_power"]
         assert m["available"] and m["sensor"] == "hwmon" and m["samples"] > 0, v["name"]

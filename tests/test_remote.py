@@ -134,22 +134,13 @@ def _bench(
     return run_cli(*args)
 
 
-def test_ssh_runner_returns_what_a_local_bench_returns(ssh_board):
-    remote = _bench(ssh_board, "--json")
+def test_ssh_runner_returns_what_a_local_bench_returns(ssh_board, capsys):
+    remote = _bench(ssh_board, "--json")  # once through a fresh interpreter, as users run it
     assert remote.returncode == 0, remote.stderr + remote.stdout
-    local = run_cli(
-        "bench",
-        str(ssh_board["model"]),
-        "--profile",
-        "raspberry-pi-5-cpu",
-        "--runs",
-        "40",
-        "--seconds",
-        "0.2",
-        "--json",
-    )
-    assert local.returncode == 0, local.stderr
-    r, lo = json.loads(remote.stdout), json.loads(local.stdout)
+    args = ["bench", str(ssh_board["model"]), "--profile", "raspberry-pi-5-cpu", "--runs", "40", "--seconds", "0.2"]
+    code, out, err = run_inprocess(capsys, *args, "--json")
+    assert code == 0, err
+    r, lo = json.loads(remote.stdout), json.loads(out)
     assert set(r) == set(lo) and set(r["latency_ms"]) == set(lo["latency_ms"])
     assert [v["budget"] for v in r["verdicts"]] == [v["budget"] for v in lo["verdicts"]]
     assert r["runner"]["kind"] == "ssh" and r["runner"]["target"] == f"tester@127.0.0.1:{ssh_board['port']}"
