@@ -81,6 +81,28 @@ def peer_optimum_static(fp32: Path, work: Path, feeds) -> Path:
     return folder / "out" / "model_quantized.onnx"
 
 
+def peer_ort_dynamic(fp32: Path, out: Path) -> Path:
+    """onnxruntime `quantize_dynamic` with its defaults (int8 weights per tensor, every op type it knows)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    _quiet(quantize_dynamic, str(fp32), str(out))
+    return out
+
+
+def peer_optimum_dynamic(fp32: Path, work: Path, preset: str = "arm64") -> Path:
+    """Optimum's dynamic preset for a CPU family (`AutoQuantizationConfig.arm64(is_static=False)` by default)."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    folder = work / f"optimum-{preset}-dynamic"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(fp32.read_bytes())
+    config = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=False)
+    quantizer = ORTQuantizer.from_pretrained(folder, file_name="model.onnx")
+    _quiet(quantizer.quantize, config, save_dir=folder / "out")
+    return folder / "out" / "model_quantized.onnx"
+
+
 def time_round_robin(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, runs: int) -> dict[str, float]:
     """p50 ms per model on one thread; models alternate run by run so drift hits them alike."""
     sessions = {n: make_session(p, 1) for n, p in paths.items()}

@@ -1,4 +1,4 @@
-"""`edgex bench`: benchmark any ONNX file against a profile's latency, memory and size budgets."""
+"""`edgex bench`: benchmark any ONNX file against a profile's budgets, here or on a board (`--runner`)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from pathlib import Path
 import numpy as np
 
 from exporter.bench.estimate import estimate
-from exporter.bench.latency import bootstrap_interval
-from exporter.bench.memory import peak_memory
-from exporter.bench.verdicts import judge, overall
-from exporter.measure import time_interleaved
+from exporter.bench.latency import bootstrap_interval, summarize
+from exporter.bench.power import SENSORS
+from exporter.bench.remote import RUNNERS, RunnerOptions, parse_runner
+from exporter.bench.verdicts import HOST, judge, overall
+from exporter.errors import UsageError
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
 from exporter.recipe import BenchSection
-from exporter.runtime import host_threads, make_session, synthetic_inputs
+from exporter.runtime import make_session, synthetic_inputs
 
 
 def synthetic_feed(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs in the model's declared shapes (dynamic dimensions as 1)."""
+    """Seeded inputs in the model's declared shapes (dynamic dimensions as 1); the board script feeds the same."""
     return synthetic_inputs(make_session(path), seed)
 
 
@@ -31,46 +32,103 @@ def _precision(path: Path) -> str:
     return "int8" if ops & quantized else "fp32"
 
 
-def bench_file(path: Path, profile: DeviceProfile, settings: BenchSection | None = None) -> dict:
+def _power_request(profile: DeviceProfile, sensor: str | None, rate: float | None) -> dict | None:
+    """What the board should measure: the profile's sensor (if absent there, said in the result) or the
+    one named by --power-sensor (then it must be there)."""
+    spec = profile.power_sensor
+    if sensor == "none" or (sensor is None and spec is None):
+        return None
+    name = sensor or spec.sensor
+    same = spec is not None and spec.sensor == name
+    return {
+        "sensor": name,
+        "channels": list(spec.channels) if same else [],
+        "rate_hz": spec.rate_hz if spec else 100.0,
+        "idle_seconds": spec.idle_seconds if spec else 1.0,
+        "required": sensor is not None,
+        "rate_hz_budget": rate,
+    }
+
+
+def bench_file(
+    path: Path,
+    profile: DeviceProfile,
+    settings: BenchSection | None = None,
+    runner: str = "local",
+    options: RunnerOptions | None = None,
+    power_sensor: str | None = None,
+) -> dict:
+    """Benchmark one ONNX file on this machine or on a board (`runner`), against the profile's budgets."""
     settings = settings or BenchSection()
     check_onnx_file(path)
-    threads = host_threads(profile.threads)
-    feed = synthetic_feed(path)
-    stats = time_interleaved({"model": path}, feed, threads, settings)["model"]
-    memory = peak_memory(path, threads, feed)
+    scheme, parts = parse_runner(runner)
+    rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
+    if power_sensor is not None and power_sensor != "none" and power_sensor not in SENSORS:
+        raise UsageError(
+            f"unknown power sensor '{power_sensor}'", field="--power-sensor", fix=f"use one of {', '.join(SENSORS)}"
+        )
+    if scheme == "local":
+        from exporter.measure import profile_meter
+
+        meter, unmeasured = profile_meter(profile, power_sensor)
+        power = (meter, unmeasured, rate)
+        where, latency_basis = "the build machine", HOST
+    else:
+        power = _power_request(profile, power_sensor, rate)
+        where = parts["host"]
+        latency_basis = f"device measurement (onnxruntime CPU on {runner} over ssh)"
+    raw = RUNNERS[scheme](path, parts, profile.threads, settings, power, options or RunnerOptions())
+    if raw.power is None:
+        raw_power = {"available": False, "reason": "no power sensor named (profile `power_sensor:` or --power-sensor)"}
+    else:
+        raw_power = raw.power
+    stats = summarize(raw.samples_ms, raw.seconds)
     size_mb = path.stat().st_size / 1e6
     pct = profile.budgets.latency.percentile
     interval = bootstrap_interval(stats.samples, pct)
-    rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
     precision = _precision(path)
     if precision == "fp32":
         from exporter.targets import get_target
 
         precision = get_target(profile.target).float_compute
-    device = estimate(path, precision, stats.p50, threads, profile.estimates, rate)
+    on_device = stats.p50 if scheme != "local" else None
+    device = estimate(path, precision, stats.p50, raw.threads, profile.estimates, rate, device_latency_ms=on_device)
     verdicts = judge(
         profile.budgets,
         latency_ms=stats.percentile(pct),
         estimate=device,
         latency_interval=interval,
-        peak_memory_mb=memory["session_mb"],
+        peak_memory_mb=raw.memory.get("session_mb"),
         size_mb=size_mb,
         accuracy_drop=None,
         max_accuracy_drop=profile.budgets.max_accuracy_drop,
+        measured=raw_power,
+        latency_basis=latency_basis,
+        measured_on=where,
     )
     return {
         "model": str(path),
         "profile": profile.id,
-        "threads": {"profile": profile.threads, "host": threads},
+        "runner": raw.runner,
+        "threads": {"profile": profile.threads, "host": raw.threads},
         "latency_ms": {
             **stats.as_dict(),
             "interval95": [round(interval[0], 4), round(interval[1], 4)],
             "budget_percentile": pct,
+            "basis": latency_basis,
         },
         "device_estimate": device,
-        "memory": memory,
+        "measured_power": raw_power,
+        "power_judged_on": _judged_on(raw_power, device),
+        "memory": raw.memory,
         "size_mb": round(size_mb, 6),
         "inputs": "synthetic (seeded normal / zeros), in the declared shapes",
         "verdicts": [v.as_dict() for v in verdicts],
         "ok": overall(verdicts),
     }
+
+
+def _judged_on(measured: dict, device: dict) -> str | None:
+    if measured.get("available"):
+        return "measured"
+    return "estimate" if device.get("available") else None

@@ -342,6 +342,19 @@ def targets_show(target_id: str, as_json: bool) -> int:
 @click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
 @click.option("--mlperf", is_flag=True, help="MLPerf minimums: at least 1024 queries and 60 s.")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
+@click.option("--runner", default="local", show_default=True, help="Where to run: local, or ssh://user@host[:port].")
+@click.option("--remote-python", default="python3", show_default=True, help="The board's Python (ssh runner).")
+@click.option("--ssh-config", type=click.Path(path_type=Path), help="ssh client config file (ssh -F).")
+@click.option("--identity", type=click.Path(path_type=Path), help="Private key for the board (ssh -i).")
+@click.option("--known-hosts", type=click.Path(path_type=Path), help="known_hosts file the board's key is pinned in.")
+@click.option(
+    "--accept-new-host-key", is_flag=True, help="Trust a board's key on first contact (ssh accept-new); recorded."
+)
+@click.option(
+    "--power-sensor",
+    help="Measure power with this sensor (rapl, hwmon, jetson-ina3221, android-battery) or `none`; "
+    "default: the profile's power_sensor, if the machine has it.",
+)
 @JSON_OPT
 @click.pass_context
 @command
@@ -353,13 +366,22 @@ def bench(
     seconds: float,
     mlperf: bool,
     junit: Path | None,
+    runner: str,
+    remote_python: str,
+    ssh_config: Path | None,
+    identity: Path | None,
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    power_sensor: str | None,
     as_json: bool,
 ) -> int:
     """Benchmark any ONNX MODEL with a profile's threads, against its budgets (exit 1 on a miss).
 
     \b
     Example: edgex bench build/digits/raspberry-pi-5-cpu/int8.onnx --profile raspberry-pi-5-cpu
+             edgex bench model.onnx --profile jetson-orin-nano-tensorrt --runner ssh://me@orin.local
     """
+    from exporter.bench.remote import RunnerOptions
     from exporter.profiles import get_profiles
     from exporter.recipe import BenchSection
 
@@ -367,16 +389,23 @@ def bench(
     if mlperf:
         runs, seconds = max(runs, 1024), max(seconds, 60.0)
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
-    result = _sandboxed(
-        "bench",
-        model,
-        {
-            "profile": prof.id,
-            "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]],
-            "settings": settings.model_dump(),
-        },
-        extra_seconds=2 * settings.max_seconds,
-    )
+    if runner == "local":  # the model runs here: in the sandboxed child
+        result = _sandboxed(
+            "bench",
+            model,
+            {
+                "profile": prof.id,
+                "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]],
+                "settings": settings.model_dump(),
+                "power_sensor": power_sensor,
+            },
+            extra_seconds=2 * settings.max_seconds,
+        )
+    else:  # the model runs on the board; here it is only checked and copied
+        from exporter.bench_file import bench_file
+
+        options = RunnerOptions(remote_python, ssh_config, identity, known_hosts, accept_new_host_key)
+        result = bench_file(model, prof, settings, runner, options, power_sensor)
     if junit is not None:
         from exporter.junit import write_junit
 
@@ -384,14 +413,21 @@ def bench(
 
     def text(r: dict) -> str:
         lat = r["latency_ms"]
+        where = "host measurement" if r["runner"]["kind"] == "local" else f"measured on {r['runner']['target']}"
         lines = [
-            f"{r['model']} on {r['profile']} (host measurement, {r['threads']['host']} thread(s)): "
+            f"{r['model']} on {r['profile']} ({where}, {r['threads']['host']} thread(s)): "
             f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms over {lat['runs']} runs; "
             f"memory {r['memory']['session_mb']:.1f} MB; size {r['size_mb']:.3f} MB"
         ]
+        m = r["measured_power"]
+        if m.get("available"):
+            lines.append(
+                f"  measured power ({m['sensor']}, {m['method']}): {m['busy_w']:.3g} W busy, {m['idle_w']:.3g} W idle, "
+                f"{m['energy_mj']:.3g} mJ per inference"
+            )
         for v in r["verdicts"]:
             ok = {True: "pass", False: "FAIL", None: "not evaluated"}[v["ok"]]
-            lines.append(f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']}")
+            lines.append(f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']} ({v['basis']})")
         return "\n".join(lines)
 
     _emit(result, as_json, text)

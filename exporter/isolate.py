@@ -295,7 +295,10 @@ def _task_bench(p: dict) -> dict:
     from exporter.recipe import BenchSection
 
     prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
-    return _guarded(Path(p["path"]), lambda: bench_file(Path(p["path"]), prof, BenchSection(**p["settings"])))
+    return _guarded(
+        Path(p["path"]),
+        lambda: bench_file(Path(p["path"]), prof, BenchSection(**p["settings"]), power_sensor=p.get("power_sensor")),
+    )
 
 
 def _task_inspect(p: dict) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 from exporter import log
 from exporter.bench.latency import LatencyStats, summarize
 from exporter.bench.memory import peak_memory
+from exporter.bench.power import Meter, meter_for
 from exporter.errors import GateFailure
 from exporter.recipe import BenchSection
 from exporter.runtime import make_session, run_all
@@ -24,6 +25,32 @@ class Measurement:
     latency: LatencyStats
     memory: dict
     outputs: list[np.ndarray]
+    power: dict | None = None  # measured power (exporter.bench.power) or why there is none
+
+
+def profile_meter(profile, sensor: str | None = None) -> tuple[Meter | None, dict]:
+    """The power meter a profile asks for (`power_sensor:`), or `sensor` ("none": no measurement).
+
+    A sensor the profile names but this machine lacks gives (None, reason): the build says so and
+    judges energy on the estimate. A sensor asked for by name (`--power-sensor`) must be there.
+    """
+    from exporter.errors import UsageError
+
+    spec = profile.power_sensor
+    if sensor == "none":
+        return None, {"available": False, "reason": "power measurement turned off (--power-sensor none)"}
+    if sensor is not None:
+        meter, missing = meter_for(sensor, None, tuple(spec.channels) if spec and spec.sensor == sensor else ())
+        if meter is None:
+            raise UsageError(
+                missing["reason"], field="--power-sensor", fix="name a sensor this machine has, or leave it out"
+            )
+        if spec is not None:
+            meter.rate_hz, meter.idle_seconds = spec.rate_hz, spec.idle_seconds
+        return meter, {}
+    if spec is None:
+        return meter_for(None)
+    return meter_for(spec.sensor, None, tuple(spec.channels), spec.rate_hz, spec.idle_seconds)
 
 
 def evaluate_outputs(
@@ -37,33 +64,49 @@ def evaluate_outputs(
 
 
 def time_interleaved(
-    paths: dict[str, Path], feed: dict[str, np.ndarray], threads: int, settings: BenchSection, rounds: int = 2
+    paths: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    threads: int,
+    settings: BenchSection,
+    rounds: int = 2,
+    meter: Meter | None = None,
 ) -> dict[str, LatencyStats]:
-    """Each variant gets `rounds` alternating blocks; minimums apply to the sum of its blocks."""
+    """Each variant gets `rounds` alternating blocks; minimums apply to the sum of its blocks.
+
+    With a power meter, the idle draw is measured once before timing and each block's energy
+    during it (the sampling thread sleeps between reads, so the timed loop keeps its core)."""
     import time
 
     sessions = {name: make_session(p, threads) for name, p in paths.items()}
+    # Each model gets the inputs it declares (a fused and an unfused export may differ in optional ones).
+    feeds = {name: {i.name: feed[i.name] for i in s.get_inputs()} for name, s in sessions.items()}
     samples: dict[str, list[float]] = {name: [] for name in paths}
     seconds: dict[str, float] = {name: 0.0 for name in paths}
-    for sess in sessions.values():
+    for name, sess in sessions.items():
         for _ in range(settings.warmup_runs):
-            sess.run(None, feed)
+            sess.run(None, feeds[name])
     per_runs = max(1, -(-settings.min_runs // rounds))
     per_secs, max_secs = settings.min_seconds / rounds, settings.max_seconds / rounds
     clock = time.perf_counter_ns
+    if meter is not None:
+        meter.idle()
     for _ in range(rounds):
         for name, sess in sessions.items():
-            run, times, start = sess.run, samples[name], clock()
+            if meter is not None:
+                meter.block_start(name)
+            run, times, one, start = sess.run, samples[name], feeds[name], clock()
             count = 0
             while True:
                 t0 = clock()
-                run(None, feed)
+                run(None, one)
                 t1 = clock()
                 times.append((t1 - t0) / 1e6)
                 count += 1
                 if (count >= per_runs and t1 - start >= per_secs * 1e9) or t1 - start >= max_secs * 1e9:
                     break
             seconds[name] += (clock() - start) / 1e9
+            if meter is not None:
+                meter.block_stop(name, count)
     return {name: summarize(np.asarray(samples[name]), seconds[name]) for name in paths}
 
 
@@ -75,6 +118,9 @@ def measure_variants(
     settings: BenchSection,
     label: str,
     mode: str = "deployed",
+    meter: Meter | None = None,
+    unmeasured: dict | None = None,
+    rate_hz: float | None = None,
 ) -> dict[str, Measurement]:
     outputs = {}
     for name, path in paths.items():
@@ -84,6 +130,7 @@ def measure_variants(
         f"[{label}] time {', '.join(paths)} interleaved ({threads} thread(s), >= {settings.min_runs} runs "
         f"and {settings.min_seconds:g} s each)"
     )
-    latency = time_interleaved(paths, feed, threads, settings)
+    latency = time_interleaved(paths, feed, threads, settings, meter=meter)
     memory = {name: peak_memory(path, threads, feed) for name, path in paths.items()}
-    return {name: Measurement(latency[name], memory[name], outputs[name]) for name in paths}
+    power = {name: meter.result(name, rate_hz) if meter else unmeasured for name in paths}
+    return {name: Measurement(latency[name], memory[name], outputs[name], power[name]) for name in paths}

@@ -301,6 +301,7 @@ def _variant_record(
         max_accuracy_drop=max_drop,
         estimate=device,
         latency_interval=interval,
+        measured=meas.power,
     )
     half = (interval[1] - interval[0]) / 2
     if verdicts and verdicts[0].decided is False:
@@ -326,6 +327,10 @@ def _variant_record(
             "interval95_half_width_pct": round(100 * half / lat.percentile(pct), 3) if lat.percentile(pct) else None,
         },
         "device_estimate": device,
+        "measured_power": meas.power,
+        "power_judged_on": "measured"
+        if (meas.power or {}).get("available")
+        else ("estimate" if device["available"] else None),
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
         "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},
@@ -616,7 +621,13 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     checks, packages = _preflight_and_package(ctx, profile, target, paths, threads)
     # Quality is computed as the target's runtime computes it (see runtime.EVALUATION_MODES).
     mode = "deployed" if target.execution_provider == "CPUExecutionProvider" else "simulated"
-    meas = measure_variants(paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id, mode)
+    from exporter.measure import profile_meter
+
+    meter, unmeasured = profile_meter(profile)  # measured power where the profile's sensor is present
+    rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
+    meas = measure_variants(
+        paths, ctx.evaluation.inputs, _feed(ctx), threads, r.bench, profile.id, mode, meter, unmeasured, rate
+    )
     variants = []
     for name, (_src, precision, produced_by, parent) in artifacts.items():
         record = _variant_record(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from exporter.errors import UsageError
 from exporter.resources import shipped_dir
@@ -81,6 +81,26 @@ class Estimates(Strict):
     static_power_w: Fact
 
 
+class PowerSensor(Strict):
+    """The power sensor to read while benchmarking on this device (exporter/bench/power.py's registry)."""
+
+    sensor: str = Field(description="rapl | hwmon | jetson-ina3221 | android-battery")
+    channels: list[str] = Field(default_factory=list, description="Rails/zones by label; empty: the sensor's default.")
+    rate_hz: float = Field(default=100.0, gt=0, le=10000, description="Sampling rate of instantaneous power sensors.")
+    idle_seconds: float = Field(default=1.0, ge=0, le=60, description="Idle draw measured before timing.")
+
+    @field_validator("sensor")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from exporter.bench.power import SENSORS
+
+        if value not in SENSORS:
+            guess = difflib.get_close_matches(value, list(SENSORS), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            raise ValueError(f"unknown power sensor '{value}' (known: {', '.join(SENSORS)}){hint}")
+        return value
+
+
 class DeviceProfile(Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -92,6 +112,7 @@ class DeviceProfile(Strict):
     budgets: Budgets
     preflight: PreflightLimits = Field(default_factory=PreflightLimits)
     estimates: Estimates | None = Field(default=None, description="Constants for device latency/energy estimates.")
+    power_sensor: PowerSensor | None = Field(default=None, description="Sensor to measure power with, when present.")
     notes: str = ""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.bench.estimate import FORMULA
+
 PLOT = "latency_vs_accuracy.png"
 
 
@@ -83,6 +85,8 @@ def write_report(
             "",
             "Device estimates (not measurements; model and constants in the manifest's `device_estimate`):",
             "",
+            f"Formula: {FORMULA}.",
+            "",
             "| variant | est. latency ms | est. energy mJ | est. avg power W | host efficiency | p-interval (95%) |",
             "|---|---|---|---|---|---|",
         ]
@@ -97,6 +101,7 @@ def write_report(
                 )
             else:
                 lines.append(f"| {v['name']} | — | — | — | {est.get('reason', 'not available')} | {interval} |")
+        lines += _power_lines(prof)
         lines += _quantization_lines(prof)
         lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
         for verdict in prof["verdicts"]:
@@ -158,6 +163,35 @@ def write_report(
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _power_lines(prof: dict) -> list[str]:
+    """Measured power beside the estimate, and which of the two the energy/power budgets were judged on."""
+    first = next((v.get("measured_power") for v in prof["variants"] if v.get("measured_power")), None)
+    if first is None:
+        return []
+    if not first.get("available"):
+        return ["", f"Measured power: none ({first['reason']}); energy and power budgets judged on the estimate."]
+    lines = [
+        "",
+        f"Measured power ({first['sensor']}: {first['method']}; channels {', '.join(first['channels'])}; idle "
+        f"{first['idle_w']:.3g} W over {first['idle_seconds']:g} s; {first['scope']}). Energy and power budgets "
+        "are judged on these, not on the estimate:",
+        "",
+        "| variant | busy W | energy mJ / inference | above idle mJ | avg power W at rate | samples | est. energy mJ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in prof["variants"]:
+        m, est = v.get("measured_power") or {}, v.get("device_estimate") or {}
+        if not m.get("available"):
+            continue
+        power = f"{m['average_power_w']:.3g}" if "average_power_w" in m else "—"
+        estimated = f"{est['energy_mj']:.3g}" if est.get("available") else "—"
+        lines.append(
+            f"| {v['name']} | {m['busy_w']:.3g} | {m['energy_mj']:.3g} | {m['dynamic_energy_mj']:.3g} | {power} | "
+            f"{m['samples']} | {estimated} |"
+        )
+    return lines
 
 
 def _quantization_lines(prof: dict) -> list[str]:

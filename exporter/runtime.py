@@ -37,30 +37,12 @@ def make_session(path: Path, threads: int = 1, mode: str = "deployed") -> ort.In
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-_NP_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def synthetic_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs in the session's declared shapes (dynamic dimensions as 1): normal floats, zero integers."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        dtype = _NP_TYPES.get(inp.type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feed[inp.name] = np.zeros(shape, dtype=dtype)
-    return feed
+    """Seeded inputs in the session's declared shapes (dynamic dimensions as 1): normal floats, zero
+    integers. The board script's own function, so a board and this host time the same inputs."""
+    from exporter.bench.board_script import synthetic_feed
+
+    return synthetic_feed(session.get_inputs(), seed)
 
 
 def fixed_batch(session: ort.InferenceSession) -> int | None:

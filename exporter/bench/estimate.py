@@ -8,7 +8,8 @@ Model (every constant comes from the profile's `estimates:` section, each with i
   efficiency e = t_roofline(host) / t_measured(host), from this build's own host measurement of the
              same model against the host's measured ceilings (MatMul GMAC/s, copy bandwidth), so
              overheads the roofline ignores (small kernels, Q/DQ, dispatch) carry over to the device.
-  latency    t(device) = t_roofline(device) / e.
+  latency    t(device) = t_roofline(device) / e; on a board (`edgex bench --runner ssh://...`) the
+             latency measured there replaces it.
   energy     E = MACs x pj_per_mac[precision] + bytes x pj_per_dram_byte + static_power_w x t(device).
   power      P(rate) = static_power_w + (E - static part) x rate: the unit idles at static power between
              queries; a rate the device latency cannot sustain is reported as such.
@@ -26,6 +27,15 @@ import onnx
 from exporter.graph_stats import count_macs
 
 METHOD = "estimate: roofline (compute, DRAM) scaled by host efficiency + per-op energy (see exporter/bench/estimate.py)"
+METHOD_ON_DEVICE = (
+    "estimate: per-op energy (profile constants) + static power x the latency measured on the device "
+    "(see exporter/bench/estimate.py)"
+)
+FORMULA = (
+    "latency = max(MACs / compute_gmacs, bytes / dram_gbps) / host efficiency (or as measured on the device); "
+    "energy = MACs x pj_per_mac + bytes x pj_per_dram_byte + static_power_w x latency; "
+    "power(rate) = static_power_w + (MACs x pj_per_mac + bytes x pj_per_dram_byte) x rate"
+)
 _ITEMSIZE = {
     onnx.TensorProto.FLOAT: 4,
     onnx.TensorProto.FLOAT16: 2,
@@ -105,32 +115,47 @@ def host_ceilings(threads: int) -> dict[str, float]:
 
 
 def estimate(
-    path: Path, precision: str, host_latency_ms: float, threads: int, estimates, rate_hz: float | None
+    path: Path,
+    precision: str,
+    host_latency_ms: float,
+    threads: int,
+    estimates,
+    rate_hz: float | None,
+    device_latency_ms: float | None = None,
 ) -> dict:
-    """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done."""
+    """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done.
+
+    device_latency_ms: the latency measured on the device itself (remote runner); it replaces the
+    roofline-over-host-efficiency latency, and the energy model uses it for the static part."""
     if estimates is None:
         return {"available": False, "reason": "the profile has no `estimates:` constants"}
     if precision not in estimates.compute_gmacs or precision not in estimates.pj_per_mac:
         return {"available": False, "reason": f"no {precision} compute constant for this device's unit"}
     model = onnx.load(str(path))
     macs, moved = count_macs(model), traffic_bytes(model)
-    host = host_ceilings(threads)
-    host_roofline_ms = max(macs / (host[precision] * 1e9), moved / (host["dram_gbps"] * 1e9)) * 1e3
-    efficiency = min(1.0, host_roofline_ms / host_latency_ms) if host_latency_ms > 0 else 1.0
     dev_compute = estimates.compute_gmacs[precision].value
     dev_bw = estimates.dram_gbps.value
     dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3
-    latency_ms = dev_roofline_ms / efficiency if efficiency > 0 else float("inf")
+    if device_latency_ms is not None:
+        host, host_roofline_ms = {}, None
+        latency_ms = device_latency_ms
+        efficiency = min(1.0, dev_roofline_ms / latency_ms) if latency_ms > 0 else 1.0
+    else:
+        host = host_ceilings(threads)
+        host_roofline_ms = max(macs / (host[precision] * 1e9), moved / (host["dram_gbps"] * 1e9)) * 1e3
+        efficiency = min(1.0, host_roofline_ms / host_latency_ms) if host_latency_ms > 0 else 1.0
+        latency_ms = dev_roofline_ms / efficiency if efficiency > 0 else float("inf")
     dynamic_mj = (macs * estimates.pj_per_mac[precision].value + moved * estimates.pj_per_dram_byte.value) * 1e-9
     static_w = estimates.static_power_w.value
     energy_mj = dynamic_mj + static_w * latency_ms  # W x ms = mJ
     out = {
         "available": True,
-        "method": METHOD,
+        "method": METHOD if device_latency_ms is None else METHOD_ON_DEVICE,
+        "formula": FORMULA,
         "macs": macs,
         "bytes_moved": moved,
         "host_ceilings": {k: round(v, 2) for k, v in host.items()},
-        "host_roofline_ms": round(host_roofline_ms, 6),
+        "host_roofline_ms": round(host_roofline_ms, 6) if host_roofline_ms is not None else None,
         "efficiency": round(efficiency, 6),
         "device_roofline_ms": round(dev_roofline_ms, 6),
         "device_latency_ms": round(latency_ms, 6),

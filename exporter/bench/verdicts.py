@@ -70,22 +70,30 @@ def judge(
     max_accuracy_drop: float,
     estimate: dict | None = None,
     latency_interval: tuple[float, float] | None = None,
+    measured: dict | None = None,
+    latency_basis: str = HOST,
+    measured_on: str = "the build machine",
 ) -> list[Verdict]:
     """Verdicts in a fixed order; budgets absent from the profile are omitted.
 
-    Energy and power are judged on the device estimate (labelled so) when one is available.
+    Energy and power are judged on measured power (exporter.bench.power) when a sensor was read,
+    else on the device estimate; the basis of each verdict says which.
     """
     pct = budgets.latency.percentile
     label = f"latency_p{pct:g}_ms"
     est = estimate if estimate and estimate.get("available") else None
     why = (estimate or {}).get("reason", "no estimate")
+    basis = ESTIMATE
+    if measured and measured.get("available"):
+        est = measured
+        basis = f"measured by {measured['sensor']} on {measured_on} ({measured['method']})"
     energy = est["energy_mj"] if est else None
     power = est.get("average_power_w") if est else None
-    power_basis = ESTIMATE
+    power_basis = basis
     if est and est.get("sustains_rate") is False:
-        power_basis = f"{ESTIMATE}; the estimated latency cannot sustain {est['rate_hz']:g} Hz"
+        power_basis = f"{basis}; the latency cannot sustain {est['rate_hz']:g} Hz"
     found = [
-        _upper(label, budgets.latency.max_ms, latency_ms, "ms", HOST),
+        _upper(label, budgets.latency.max_ms, latency_ms, "ms", latency_basis),
         _upper("peak_memory_mb", budgets.peak_memory_mb, peak_memory_mb, "MB", HOST),
         _upper("model_size_mb", budgets.model_size_mb, size_mb, "MB", "file size"),
         _upper(
@@ -95,7 +103,7 @@ def judge(
             "metric units",
             "evaluation set vs FP32 baseline" if accuracy_drop is not None else "no evaluation data",
         ),
-        _upper("energy_mj", budgets.energy_mj, energy, "mJ", ESTIMATE if est else why),
+        _upper("energy_mj", budgets.energy_mj, energy, "mJ", basis if est else why),
         _upper(
             "average_power_w",
             budgets.average_power.max_w if budgets.average_power else None,

@@ -1,0 +1,165 @@
+"""The benchmark that runs on a board: numpy + onnxruntime + the standard library, nothing of edgex.
+
+The remote runner (exporter/bench/remote.py) copies this file, power.py and the model into a
+temporary folder on the board and calls `main(folder)`. It reads `settings.json` (threads, warm-up,
+runs, seconds, seed, power sensor), times the model single-stream the way a local `edgex bench`
+does (two blocks, each at least half the runs and half the seconds), reads the process's own peak
+RSS, and prints one JSON line: raw samples and facts, which the host turns into the same result a
+local run gives. Python 3.8 compatible (JetPack 5 ships 3.8).
+
+`synthetic_feed` is also what a local `edgex bench` feeds, so both runs time the same query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+NUMPY_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+}
+
+
+def synthetic_feed(inputs, seed: int = 0) -> dict:
+    """Seeded inputs in the declared shapes (dynamic dimensions as 1): normal floats, zero integers."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in inputs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        dtype = np.dtype(NUMPY_TYPES.get(inp.type, "float32"))
+        if np.issubdtype(dtype, np.floating):
+            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[inp.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def _status_mb(key: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _fail(kind: str, message: str) -> int:
+    print(json.dumps({"ok": False, "error": {"kind": kind, "message": message}}))
+    return 0
+
+
+def run(folder: str, settings: dict) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    threads = max(1, min(int(settings["threads"]), os.cpu_count() or 1))
+    before = _status_mb("VmRSS")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(os.path.join(folder, "model.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
+    feed = synthetic_feed(sess.get_inputs(), int(settings.get("seed", 0)))
+    meter, power = None, None
+    spec = settings.get("power")
+    if spec:
+        sys.path.insert(0, folder)
+        import power as power_mod
+
+        meter, missing = power_mod.meter_for(
+            spec["sensor"], None, tuple(spec.get("channels", ())), spec["rate_hz"], spec["idle_seconds"]
+        )
+        if meter is None:
+            if spec.get("required"):
+                raise LookupError(missing["reason"])
+            power = missing
+    for _ in range(int(settings["warmup_runs"])):
+        sess.run(None, feed)
+    rounds = 2
+    per_runs = max(1, -(-int(settings["min_runs"]) // rounds))
+    per_secs, max_secs = float(settings["min_seconds"]) / rounds, float(settings["max_seconds"]) / rounds
+    clock = time.perf_counter_ns
+    samples, seconds = [], 0.0
+    if meter is not None:
+        meter.idle()
+    for _ in range(rounds):
+        if meter is not None:
+            meter.block_start("model")
+        run_fn, start, count = sess.run, clock(), 0
+        while True:
+            t0 = clock()
+            run_fn(None, feed)
+            t1 = clock()
+            samples.append((t1 - t0) / 1e6)
+            count += 1
+            if (count >= per_runs and t1 - start >= per_secs * 1e9) or t1 - start >= max_secs * 1e9:
+                break
+        seconds += (clock() - start) / 1e9
+        if meter is not None:
+            meter.block_stop("model", count)
+    if meter is not None:
+        power = meter.result("model", spec.get("rate_hz_budget"))
+    peak = _status_mb("VmHWM")
+    memory = {
+        "peak_rss_mb": round(peak, 2) if peak is not None else None,
+        "baseline_rss_mb": round(before, 2) if before is not None else None,
+        "session_mb": round(max(peak - before, 0.0), 2) if peak is not None and before is not None else None,
+        "basis": "VmHWM of the benchmark process on the board (numpy + onnxruntime only)",
+    }
+    return {
+        "ok": True,
+        "samples_ms": [round(s, 6) for s in samples],
+        "seconds": seconds,
+        "threads": threads,
+        "memory": memory,
+        "power": power,
+        "board": {
+            "hostname": platform.node(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python_version": platform.python_version(),
+            "numpy": np.__version__,
+            "onnxruntime": ort.__version__,
+        },
+    }
+
+
+def main(folder: str) -> int:
+    missing = []
+    for module in ("numpy", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        return _fail("missing-module", f"the board's python ({sys.executable}) lacks {', '.join(missing)}")
+    with open(os.path.join(folder, "settings.json")) as f:
+        settings = json.load(f)
+    try:
+        result = run(folder, settings)
+    except LookupError as exc:
+        return _fail("power-sensor", str(exc))
+    except Exception as exc:  # one line back to the host, which decides the exit code
+        return _fail("internal", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.getcwd()))
