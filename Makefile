@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean ssh-client
 
 $(BIN)/python:
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 2; }
@@ -27,7 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check exporter tests benchmarks examples
 	$(BIN)/ruff format --check exporter tests benchmarks examples
 
-test: lint
+# The ssh runner's loopback test drives the system OpenSSH client (Debian's openssh-client).
+ssh-client:
+	@command -v ssh >/dev/null || { echo "Installing the OpenSSH client (apt-get) for the ssh runner's tests..."; \
+	  apt-get update -qq && apt-get install -y -qq openssh-client >/dev/null; }
+
+test: lint ssh-client
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)
