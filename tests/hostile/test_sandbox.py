@@ -85,7 +85,7 @@ def test_time_limit_is_a_clear_error_and_nothing_hangs(tmp_path):
     proc = edgex(*args, env={"EDGEX_SANDBOX_SECONDS": "3"})
     assert_one_line_error(proc, 2, "spin.onnx", "time limit")
     assert not out.exists() and not list(tmp_path.glob(".edgex-quantize-*"))
-    assert time.monotonic() - start < 45
+    assert time.monotonic() - start < 120  # the spinner never ends: only the limit stops it (slack for a busy host)
 
 
 def _children() -> list[int]:
