@@ -30,6 +30,8 @@ TIMING_FIELDS = {
         "host",
         "replayed_from",
         "decisions",
+        "measured_power",  # sampled during the timed run, like latency
+        "power_judged_on",
     ],
     "files": ["manifest.json", "report.md", "latency_vs_accuracy.png"],
 }
