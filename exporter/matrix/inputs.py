@@ -141,24 +141,11 @@ def recipe_inputs(loaded: LoadedRecipe) -> list[Input]:
     elif m.source == "onnx":
         found += _onnx_files(loaded.resolve(m.path), loaded)
     else:
+        from exporter.hf.source import resolve_folder  # the folder the build itself will load
+
         if m.folder_from:
             found.append(_callable_file(m.folder_from, loaded, "model.folder_from"))
-            folder = Path(
-                call_user(
-                    m.folder_from,
-                    loaded.path.parent,
-                    loaded.path,
-                    "model.folder_from",
-                    "folder callable",
-                    "fix the function so it returns the model folder",
-                )
-            )
-        else:
-            folder = loaded.resolve(m.folder or "")
-        if not folder.is_dir():
-            raise UsageError(
-                f"'{folder}' is not a folder", path=loaded.path, field="model.folder", fix="point at the model folder"
-            )
+        folder = resolve_folder(m, loaded)
         found.append(_folder("model.folder", folder))
     found += _data(r.data.calibration, loaded, "data.calibration")
     found += _data(r.data.evaluation, loaded, "data.evaluation")
