@@ -92,10 +92,19 @@ def test_reference_script_fails_on_a_broken_model(packages, tmp_path):
     shutil.copytree(src, dst)
     runtime = json.loads((dst / "runtime.json").read_text())
     model = onnx.load(str(dst / runtime["model"]))
+    # the deliverable may be FP32 or INT8 (the faster on this host): corrupt conv weights of either
+    flip = {
+        TensorProto.FLOAT: lambda a: a * -3.0,
+        TensorProto.INT8: lambda a: (-a.astype(np.int16)).clip(-127, 127).astype(np.int8),
+        TensorProto.UINT8: lambda a: (255 - a).astype(np.uint8),
+    }
+    corrupted = 0
     for init in model.graph.initializer:
-        if init.data_type == TensorProto.FLOAT and len(init.dims) == 4:
-            arr = onnx.numpy_helper.to_array(init) * -3.0
+        if init.data_type in flip and len(init.dims) == 4:
+            arr = flip[init.data_type](onnx.numpy_helper.to_array(init))
             init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+            corrupted += 1
+    assert corrupted
     onnx.save(model, str(dst / runtime["model"]))
     proc = subprocess.run(
         [sys.executable, str(dst / "reference" / "check_reference.py")], capture_output=True, text=True, timeout=120
