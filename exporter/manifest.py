@@ -21,6 +21,7 @@ TIMING_FIELDS = {
     "keys": [
         "latency_ms",
         "memory",
+        "memory_mb",  # the measured session memory, copied to the variant's top level
         "device_estimate",
         "verdicts",
         "ok",

@@ -58,6 +58,18 @@ def _strip(value, keys: set[str]):
     return value
 
 
+def _differences(a, b, where: str = "") -> list[str]:
+    """The paths where two manifests differ, so a failure names the field rather than a truncated dump."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{where}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
 def test_replayed_build_is_byte_identical_except_timing_fields(release, tmp_path):
     out = tmp_path / "again"
     proc = edgex(
@@ -78,7 +90,8 @@ def test_replayed_build_is_byte_identical_except_timing_fields(release, tmp_path
     b = {f["path"]: f["sha256"] for f in again["files"] if f["path"] not in timing_files}
     assert a == b  # models, runtime.json, reference bundle: the same bytes
     keys = set(TIMING_FIELDS["keys"]) | {"files"}
-    assert _strip(first, keys) == _strip(again, keys)
+    differences = _differences(_strip(first, keys), _strip(again, keys))
+    assert differences == [], "\n".join(differences)
     for prof in again["profiles"]:
         assert prof["decisions"]["by"] == "replayed"
         old = next(p for p in first["profiles"] if p["id"] == prof["id"])
