@@ -33,7 +33,7 @@ ssh-client:
 	  apt-get update -qq && apt-get install -y -qq openssh-client >/dev/null; }
 
 test: lint ssh-client
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 format: $(STAMP)
 	$(BIN)/ruff format exporter tests benchmarks examples
