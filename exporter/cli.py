@@ -11,12 +11,15 @@ import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from exporter import __version__, log
-from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError
+from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError, UsageError
+
+if TYPE_CHECKING:
+    from exporter.profiles import DeviceProfile
 
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 TRUST_OPT = click.option(
@@ -24,6 +27,19 @@ TRUST_OPT = click.option(
     is_flag=True,
     help="Load code-carrying checkpoints (TorchScript): their code runs. Only for files you trust.",
 )
+JUNIT_OPT = click.option(
+    "--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here."
+)
+
+
+def _plan_opt(help_text: str, required: bool = False) -> Callable:
+    """`--plan` means a plan.json wherever it appears (build, run, merge); only its role differs."""
+    return click.option("--plan", "plan_path", type=click.Path(path_type=Path), required=required, help=help_text)
+
+
+def _out_file_opt(help_text: str) -> Callable:
+    """The one JSON file a matrix command writes (plan, merge): required, as `-o` or `--out`."""
+    return click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help=help_text)
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -31,6 +47,33 @@ def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(text(data))
+
+
+def _emit_judged(result: dict, as_json: bool, text: Callable[[Any], str]) -> int:
+    """Emit, then exit 1 when a budget or gate was missed: the result is printed either way."""
+    _emit(result, as_json, text)
+    return 0 if result["ok"] else EXIT_GATE
+
+
+def _emit_build(result: dict, manifest: dict, junit: Path | None, as_json: bool, text: Callable[[Any], str]) -> int:
+    """A whole build and one matrix cell end alike, so a CI job reads the same JUnit file from either."""
+    if junit is not None:
+        from exporter.junit import from_manifest, write_junit
+
+        write_junit(junit, from_manifest(manifest))
+    return _emit_judged(result, as_json, text)
+
+
+def _profile(ctx: click.Context, profile_id: str) -> DeviceProfile:
+    """The profile given by id, looked up where `edgex --profiles-dir` says too."""
+    from exporter.profiles import get_profiles
+
+    return get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+
+
+def _profile_payload(ctx: click.Context, prof: DeviceProfile) -> dict:
+    """What a sandboxed child needs to load the same profile: it cannot see this process's objects."""
+    return {"profile": prof.id, "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]]}
 
 
 def command(fn: Callable) -> Callable:
@@ -140,8 +183,8 @@ def _summary(manifest: dict) -> str:
     "--profile", "profiles", multiple=True, help="Build for this profile id (repeatable; replaces the recipe's list)."
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the recipe's `output`).")
-@click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
-@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Build one cell of this plan (with --cell).")
+@JUNIT_OPT
+@_plan_opt("Build one cell of this plan (with --cell).")
 @click.option("--cell", "cell_id", help="The id of the cell to build from --plan (default --out: out/<ID>).")
 @click.option(
     "--replay",
@@ -174,8 +217,6 @@ def build(
     if plan_path is not None or cell_id is not None:
         return _build_cell(recipe, profiles, out, junit, plan_path, cell_id, as_json)
     if recipe is None:
-        from exporter.errors import UsageError
-
         raise UsageError(
             "Missing argument 'RECIPE'",
             field="RECIPE",
@@ -186,12 +227,7 @@ def build(
 
     with trusting_code(trust_code):
         manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
-    if junit is not None:
-        from exporter.junit import from_manifest, write_junit
-
-        write_junit(junit, from_manifest(manifest))
-    _emit(manifest, as_json, _summary)
-    return 0 if manifest["ok"] else EXIT_GATE
+    return _emit_build(manifest, manifest, junit, as_json, _summary)
 
 
 @cli.command()
@@ -264,9 +300,7 @@ def profiles_list(ctx: click.Context, as_json: bool) -> int:
 @command
 def profiles_show(ctx: click.Context, profile_id: str, as_json: bool) -> int:
     """Show one profile with its facts and sources."""
-    from exporter.profiles import get_profiles
-
-    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    prof = _profile(ctx, profile_id)
     _emit(prof.model_dump(mode="json", by_alias=True), as_json, lambda d: json.dumps(d, indent=2, sort_keys=False))
     return 0
 
@@ -277,7 +311,6 @@ def profiles_show(ctx: click.Context, profile_id: str, as_json: bool) -> int:
 @command
 def profiles_validate(path: Path, as_json: bool) -> int:
     """Validate a profile YAML file, or every *.yaml in a folder."""
-    from exporter.errors import UsageError
     from exporter.profiles import load_profile_file
 
     files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
@@ -341,7 +374,7 @@ def targets_show(target_id: str, as_json: bool) -> int:
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Minimum timed runs.")
 @click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
 @click.option("--mlperf", is_flag=True, help="MLPerf minimums: at least 1024 queries and 60 s.")
-@click.option("--junit", type=click.Path(path_type=Path), help="Also write the budget verdicts as JUnit XML here.")
+@JUNIT_OPT
 @click.option("--runner", default="local", show_default=True, help="Where to run: local, or ssh://user@host[:port].")
 @click.option("--remote-python", default="python3", show_default=True, help="The board's Python (ssh runner).")
 @click.option("--ssh-config", type=click.Path(path_type=Path), help="ssh client config file (ssh -F).")
@@ -382,10 +415,9 @@ def bench(
              edgex bench model.onnx --profile jetson-orin-nano-tensorrt --runner ssh://me@orin.local
     """
     from exporter.bench.remote import RunnerOptions
-    from exporter.profiles import get_profiles
     from exporter.recipe import BenchSection
 
-    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    prof = _profile(ctx, profile_id)
     if mlperf:
         runs, seconds = max(runs, 1024), max(seconds, 60.0)
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
@@ -393,12 +425,7 @@ def bench(
         result = _sandboxed(
             "bench",
             model,
-            {
-                "profile": prof.id,
-                "profiles_dirs": [str(d) for d in ctx.obj["profiles_dirs"]],
-                "settings": settings.model_dump(),
-                "power_sensor": power_sensor,
-            },
+            {**_profile_payload(ctx, prof), "settings": settings.model_dump(), "power_sensor": power_sensor},
             extra_seconds=2 * settings.max_seconds,
         )
     else:  # the model runs on the board; here it is only checked and copied
@@ -430,8 +457,7 @@ def bench(
             lines.append(f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']} ({v['basis']})")
         return "\n".join(lines)
 
-    _emit(result, as_json, text)
-    return 0 if result["ok"] else EXIT_GATE
+    return _emit_judged(result, as_json, text)
 
 
 @cli.command()
@@ -480,9 +506,7 @@ def quantize(
     \b
     Example: edgex quantize model.onnx --profile raspberry-pi-5-cpu --calibration calib.npz --out model-int8.onnx
     """
-    from exporter.profiles import get_profiles
-
-    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    prof = _profile(ctx, profile_id)
     args = {
         "calibration": str(calibration),
         "out": str(out),
@@ -492,8 +516,7 @@ def quantize(
         "evaluation": None if evaluation is None else str(evaluation),
         "max_drop": max_drop,
     }
-    dirs = [str(d) for d in ctx.obj["profiles_dirs"]]
-    result = _sandboxed("quantize", model, {"profile": prof.id, "profiles_dirs": dirs, "args": args})
+    result = _sandboxed("quantize", model, {**_profile_payload(ctx, prof), "args": args})
 
     def text(r: dict) -> str:
         lines = [
@@ -509,8 +532,7 @@ def quantize(
         lines += [f"  note: {n}" for n in r.get("notes", [])]
         return "\n".join(lines)
 
-    _emit(result, as_json, text)
-    return 0 if result["ok"] else EXIT_GATE
+    return _emit_judged(result, as_json, text)
 
 
 @cli.command()
@@ -528,9 +550,8 @@ def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None
              --fp32 build/digits/raspberry-pi-5-cpu/baseline.onnx
     """
     from exporter.onnx_io import check_onnx_file
-    from exporter.profiles import get_profiles
 
-    prof = get_profiles([profile_id], ctx.obj["profiles_dirs"])[0]
+    prof = _profile(ctx, profile_id)
     if fp32 is not None:
         check_onnx_file(fp32, field="--fp32")
     report = _sandboxed("diagnose", model, {"fp32": None if fp32 is None else str(fp32)})
@@ -607,7 +628,6 @@ def verify(folder: Path, public_key: Path | None, signature: Path | None, as_jso
     \b
     With --public-key, the signature over manifest.json (`edgex sign`) must verify too.
     """
-    from exporter.errors import UsageError
     from exporter.verify import verify as run_verify
 
     if signature is not None and public_key is None:
@@ -620,8 +640,7 @@ def verify(folder: Path, public_key: Path | None, signature: Path | None, as_jso
         head = f"{r['folder']}: {'OK' if r['ok'] else 'FAILED'} ({r['files']} files listed)"
         return "\n".join([head] + [f"  {p['path']}: {p['problem']}" for p in r["problems"]])
 
-    _emit(result, as_json, text)
-    return 0 if result["ok"] else EXIT_GATE
+    return _emit_judged(result, as_json, text)
 
 
 @cli.command()
@@ -692,7 +711,6 @@ def _build_cell(
     cell_id: str | None,
     as_json: bool,
 ) -> int:
-    from exporter.errors import UsageError
     from exporter.matrix.cell import build_cell
 
     if plan_path is None or cell_id is None:
@@ -704,18 +722,15 @@ def _build_cell(
             "a cell names its recipe and profile", field="RECIPE/--profile", fix="drop RECIPE and --profile with --plan"
         )
     result = build_cell(plan_path, cell_id, out)
-    if junit is not None:
-        from exporter.junit import from_manifest, write_junit
-
-        write_junit(junit, from_manifest(result["manifest"]))
-    _emit(
+    return _emit_build(
         result,
+        result["manifest"],
+        junit,
         as_json,
         lambda r: (
             f"{r['cell']}: {'from the cache' if r['cached'] else 'built'} into {r['out']}\n" + _summary(r["manifest"])
         ),
     )
-    return 0 if result["ok"] else EXIT_GATE
 
 
 @cli.command()
@@ -736,7 +751,7 @@ def _build_cell(
     show_default=True,
     help="Refuse a matrix larger than this (0: no limit).",
 )
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The plan.json to write.")
+@_out_file_opt("The plan.json to write.")
 @click.option("--gitlab", type=click.Path(path_type=Path), help="Also write a GitLab child pipeline here.")
 @click.option(
     "--gitlab-template",
@@ -800,7 +815,7 @@ def plan(
 
 
 @cli.command()
-@click.option("--plan", "plan_path", type=click.Path(path_type=Path), required=True, help="The plan.json to run.")
+@_plan_opt("The plan.json to run.", required=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option(
     "-j",
@@ -835,7 +850,6 @@ def run(
     Example: edgex run --plan plan.json --executor ray --resource board-rpi5=1
     Exit code: the worst of the cells' (a failing cell never hides the others' results).
     """
-    from exporter.errors import UsageError
     from exporter.matrix.executors import Settings, run_plan
 
     capacity = {}
@@ -862,8 +876,8 @@ def run(
 
 @cli.command()
 @click.argument("manifests", nargs=-1, type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="The release.json to write.")
-@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Also check the cells against this plan.")
+@_out_file_opt("The release.json to write.")
+@_plan_opt("Also check the cells against this plan.")
 @JSON_OPT
 @command
 def merge(manifests: tuple[Path, ...], out: Path, plan_path: Path | None, as_json: bool) -> int:
@@ -884,8 +898,7 @@ def merge(manifests: tuple[Path, ...], out: Path, plan_path: Path | None, as_jso
         head = f"{out}: {len(r['cells'])} cells, {len(r['files'])} files"
         return head + (f"; BUDGET MISSED in {', '.join(bad)}" if bad else "; every cell within budget")
 
-    _emit(result, as_json, text)
-    return 0 if result["ok"] else EXIT_GATE
+    return _emit_judged(result, as_json, text)
 
 
 def main(argv: list[str] | None = None) -> None:

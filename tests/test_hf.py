@@ -4,50 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import yaml
-from conftest import FAST_BENCH, ROOT, run_cli
-from hf_fixtures import make_tiny_bert
+from conftest import ROOT, run_cli
+from hf_fixtures import build_compressed_bert, make_tiny_bert, write_bert_project
 
 pytest.importorskip("optimum.exporters.onnx", reason="the hf extra is part of `make test`'s install")
-
-
-def _recipe(folder: Path, model: dict, **extra) -> Path:
-    recipe = {
-        "version": 1,
-        "name": "tiny-bert",
-        "model": {"source": "hf", "sequence_length": 16, **model},
-        "data": {
-            "calibration": {"text": "calib.txt"},
-            "evaluation": {"callable": "sentences.py:evaluation"},
-        },
-        "metric": "cosine",
-        "quantize": {"calibration_samples": 8},
-        "bench": dict(FAST_BENCH, min_runs=10),
-        "profiles": ["raspberry-pi-5-cpu", "sa8295p-qnn"],
-        "output": "out",
-        **extra,
-    }
-    from exporter.hf.text import corpus
-
-    (folder / "calib.txt").write_text("\n".join(corpus()["calibration"][:16]) + "\n")
-    (folder / "sentences.py").write_text(
-        "from exporter.hf.text import corpus\n\n\ndef evaluation():\n    return corpus()['evaluation'][:24]\n"
-    )
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_embedding_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("tinybert")
     make_tiny_bert(root / "model")
-    recipe = _recipe(root, {"folder": "model", "task": "sentence-embedding"})
+    recipe = write_bert_project(root, {"folder": "model", "task": "sentence-embedding"})
     proc = run_cli("build", str(recipe), "--json")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     return {"root": root, "out": root / "out", "manifest": json.loads(proc.stdout), "proc": proc}
@@ -127,7 +98,7 @@ def test_retrieval_metrics_reported(tiny_embedding_build):
 
 def test_sequence_classification_with_labels(tmp_path):
     make_tiny_bert(tmp_path / "model", task="classification")
-    recipe = _recipe(
+    recipe = write_bert_project(
         tmp_path,
         {"folder": "model", "task": "sequence-classification"},
         metric="top1",
@@ -180,7 +151,7 @@ def test_unsafe_or_broken_folders_are_refused(tmp_path, mutate, field):
         (folder / "evil.py").write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
     else:
         (folder / "config.json").unlink()
-    recipe = _recipe(tmp_path, {"folder": "model"})
+    recipe = write_bert_project(tmp_path, {"folder": "model"})
     proc = run_cli("build", str(recipe))
     assert proc.returncode == 2, proc.stderr
     assert f"{field}:" in proc.stderr and "Traceback" not in proc.stderr
@@ -248,7 +219,7 @@ def test_minilm_example_end_to_end(tmp_path):
 def test_per_profile_sequence_length(tmp_path):
     """A car NPU with a shorter static sequence than the phone: data re-tokenized, its own export."""
     make_tiny_bert(tmp_path / "model")
-    recipe = _recipe(
+    recipe = write_bert_project(
         tmp_path,
         {"folder": "model", "per_profile": {"sa8295p-qnn": {"sequence_length": 8}}},
         quantize={"enabled": True, "calibration_samples": 8},
@@ -296,21 +267,8 @@ def test_pruned_and_distilled_encoder_exports_through_optimum(tmp_path):
             }
         },
     ]
-    recipe = _recipe(
-        tmp_path,
-        {"folder": "model", "task": "sentence-embedding"},
-        compress=compress,
-        profiles=["raspberry-pi-5-cpu"],
-        quantize={"enabled": False},
-    )
-    proc = run_cli("build", str(recipe), "--json", env={"EDGEX_CACHE_DIR": str(tmp_path / "cache")})
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]
-    m = json.loads(proc.stdout)
-    prof = m["profiles"][0]
-    v = {x["name"]: x for x in prof["variants"]}
-    assert v["compressed"]["params"] < v["baseline"]["params"]
-    assert v["compressed"]["produced_by"]["parity"]["ok"]  # the pruned folder's ONNX matches its PyTorch model
-    record = m["compression"][prof["compression"]]
+    _, _, v, record = build_compressed_bert(tmp_path, compress, tmp_path / "cache")
+    assert v["compressed"]["params"] < v["baseline"]["params"]  # and its ONNX matches its PyTorch model (the helper)
     assert record["student"]["macs"] <= 0.6 * record["teacher"]["macs"]
     plan = record["steps"][0]["plan"]
     assert plan["prune_heads"] and len(next(iter(plan["keep_ffn"].values()))) % 8 == 0
@@ -320,4 +278,3 @@ def test_pruned_and_distilled_encoder_exports_through_optimum(tmp_path):
     losses = [h["validation_loss"] for h in record["steps"][1]["history"]]
     assert losses[0] > 0
     assert record["steps"][0]["reconstruction_error"]  # the pruned projections were refitted
-    assert (tmp_path / "out" / "raspberry-pi-5-cpu" / "tokenizer" / "vocab.txt").is_file()

@@ -78,8 +78,39 @@ def _pick(found: list[tuple[str, Callable[[], float], str]], channels: tuple[str
     return found
 
 
-def _each(readers: list[Callable[[], float]]) -> Callable[[], tuple[float, ...]]:
-    return lambda: tuple(r() for r in readers)
+def _reading(
+    sensor: str,
+    kind: str,
+    found: list[tuple[str, Callable[[], float], str]],
+    channels: tuple[str, ...],
+    wraps: dict[str, float] | None = None,
+) -> Reading | None:
+    """What every finder ends with, so a channel request means the same for each sensor."""
+    found = _pick(found, channels, sensor)
+    if not found:
+        return None
+    readers = [r for _, r, _ in found]
+    return Reading(
+        sensor,
+        kind,
+        lambda: tuple(r() for r in readers),
+        tuple(n for n, _, _ in found),
+        tuple(s for _, _, s in found),
+        tuple(wraps[n] for n, _, _ in found) if wraps is not None else (),
+    )
+
+
+def _inputs(
+    folder: str, prefix: str, label: str = "{prefix}{idx}_label", default: str = "{folder}/{prefix}{idx}"
+) -> list[tuple[str, str, str]]:
+    """(label, path, index) of each <prefix>N_input: drivers number a chip's channels this way and
+    may name channel N in a file beside it; a channel without a name gets one from its folder."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, f"{prefix}*_input"))):
+        idx = os.path.basename(path)[len(prefix) : -len("_input")]
+        names = {"prefix": prefix, "idx": idx, "folder": os.path.basename(folder)}
+        found.append((_text(os.path.join(folder, label.format(**names))) or default.format(**names), path, idx))
+    return found
 
 
 def find_rapl(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
@@ -95,35 +126,18 @@ def find_rapl(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
         found.append((name, (lambda p=energy: _num(p) / 1e6), energy))
         rng = _text(os.path.join(zone, "max_energy_range_uj"))
         wraps[name] = float(rng) / 1e6 if rng else 0.0
-    found = _pick(found, channels, "rapl")
-    if not found:
-        return None
-    return Reading(
-        "rapl",
-        "energy_j",
-        _each([r for _, r, _ in found]),
-        tuple(n for n, _, _ in found),
-        tuple(s for _, _, s in found),
-        tuple(wraps[n] for n, _, _ in found),
-    )
+    return _reading("rapl", "energy_j", found, channels, wraps)
 
 
 def _hwmon_channels(folder: str) -> list[tuple[str, Callable[[], float], str]]:
     """power*_input (uW) where present, else in*_input (mV) x curr*_input (mA) pairs."""
-    found = []
-    for p in sorted(glob.glob(os.path.join(folder, "power*_input"))):
-        idx = os.path.basename(p)[len("power") : -len("_input")]
-        label = _text(os.path.join(folder, f"power{idx}_label")) or f"{os.path.basename(folder)}/power{idx}"
-        found.append((label, (lambda p=p: _num(p) / 1e6), p))
+    found = [(label, (lambda p=p: _num(p) / 1e6), p) for label, p, _ in _inputs(folder, "power")]
     if found:
         return found
-    for v in sorted(glob.glob(os.path.join(folder, "in*_input"))):
-        idx = os.path.basename(v)[len("in") : -len("_input")]
+    for label, v, idx in _inputs(folder, "in"):
         c = os.path.join(folder, f"curr{idx}_input")
-        if not os.path.exists(c):
-            continue
-        label = _text(os.path.join(folder, f"in{idx}_label")) or f"{os.path.basename(folder)}/in{idx}"
-        found.append((label, (lambda v=v, c=c: _num(v) * _num(c) / 1e6), f"{v} x {c}"))
+        if os.path.exists(c):
+            found.append((label, (lambda v=v, c=c: _num(v) * _num(c) / 1e6), f"{v} x {c}"))
     return found
 
 
@@ -131,12 +145,7 @@ def find_hwmon(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
     found = []
     for folder in sorted(glob.glob(str(root / "class/hwmon/hwmon*"))):
         found += _hwmon_channels(folder)
-    found = _pick(found, channels, "hwmon")
-    if not found:
-        return None
-    return Reading(
-        "hwmon", "power_w", _each([r for _, r, _ in found]), tuple(n for n, _, _ in found), tuple(s for *_, s in found)
-    )
+    return _reading("hwmon", "power_w", found, channels)
 
 
 def find_jetson_ina3221(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
@@ -144,22 +153,11 @@ def find_jetson_ina3221(root: Path, channels: tuple[str, ...] = ()) -> Reading |
     for folder in sorted(glob.glob(str(root / "bus/i2c/drivers/ina3221/*/hwmon/hwmon*"))):
         found += _hwmon_channels(folder)
     for folder in sorted(glob.glob(str(root / "bus/i2c/drivers/ina3221x/*/iio:device*"))):
-        for p in sorted(glob.glob(os.path.join(folder, "in_power*_input"))):
-            idx = os.path.basename(p)[len("in_power") : -len("_input")]
-            label = _text(os.path.join(folder, f"rail_name_{idx}")) or f"in_power{idx}"
+        for label, p, _ in _inputs(folder, "in_power", label="rail_name_{idx}", default="in_power{idx}"):
             found.append((label, (lambda p=p: _num(p) / 1e3), p))
     if not channels and any(name == "VDD_IN" for name, _, _ in found):
         channels = ("VDD_IN",)  # the module's input rail; CPU/GPU/SOC rails are parts of it
-    found = _pick(found, channels, "jetson-ina3221")
-    if not found:
-        return None
-    return Reading(
-        "jetson-ina3221",
-        "power_w",
-        _each([r for _, r, _ in found]),
-        tuple(n for n, _, _ in found),
-        tuple(s for *_, s in found),
-    )
+    return _reading("jetson-ina3221", "power_w", found, channels)
 
 
 def find_android_battery(root: Path, channels: tuple[str, ...] = ()) -> Reading | None:
@@ -168,14 +166,12 @@ def find_android_battery(root: Path, channels: tuple[str, ...] = ()) -> Reading 
     cur, volt = folder / "current_now", folder / "voltage_now"
     if not (cur.exists() and volt.exists()):
         return None
-    # The sign of current_now differs between vendors (negative while discharging on many): use its size.
-    return Reading(
-        "android-battery",
-        "power_w",
-        lambda: (abs(_num(str(cur))) * _num(str(volt)) / 1e12,),
-        (name,),
-        (f"{cur} x {volt}",),
-    )
+
+    def watts() -> float:
+        # The sign of current_now differs between vendors (negative while discharging on many): use its size.
+        return abs(_num(str(cur))) * _num(str(volt)) / 1e12
+
+    return _reading("android-battery", "power_w", [(name, watts, f"{cur} x {volt}")], ())
 
 
 SENSORS: dict[str, Callable[[Path, tuple[str, ...]], Reading | None]] = {
