@@ -7,6 +7,8 @@ dynamic dimensions counted as 1.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +34,10 @@ def _shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
             for name, shape in input_shapes.items():
                 if name in graph_inputs:
                     make_input_shape_fixed(fixed.graph, name, list(shape))
-            inferred = SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
+            # On a graph it cannot finish, onnxruntime saves "sym_shape_infer_temp.onnx" and its
+            # external data into the working folder: run it in a scratch folder, not the user's.
+            with tempfile.TemporaryDirectory(prefix="edgex-shapes-") as scratch, contextlib.chdir(scratch):
+                inferred = SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
         except Exception:
             inferred = model
     if inferred is model:

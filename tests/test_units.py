@@ -97,3 +97,21 @@ def test_parity_gate_fails_on_a_wrong_reference(tmp_path):
     assert n == 8 and worst < 1e-5
     with pytest.raises(GateFailure, match="parity"):
         check_parity(path, {"x": x}, [good[0] + 1e-2])
+
+
+def test_shape_inference_that_gives_up_writes_nothing_into_the_working_folder(tmp_path, monkeypatch):
+    # onnxruntime's symbolic inference saves "sym_shape_infer_temp.onnx" into the working folder
+    # when it cannot finish (here: an op it does not know after a data-dependent shape).
+    from exporter.graph_stats import _shapes
+
+    nodes = [helper.make_node("NonZero", ["x"], ["y"]), helper.make_node("Foo", ["y"], ["z"], domain="custom")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    monkeypatch.chdir(tmp_path)
+    assert _shapes(model, {"x": [2, 4]})["x"] == [1, 4]
+    assert list(tmp_path.iterdir()) == []
