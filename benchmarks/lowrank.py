@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.pruning import interleaved_p50, onnx_metric  # noqa: E402
 from exporter.compress import compress  # noqa: E402
 from exporter.pipeline import _export_for, _student_ctx, prepare  # noqa: E402
-from exporter.report import LEVEL_NAMES  # noqa: E402
 from exporter.targets import get_target  # noqa: E402
 from exporter.versions import host_facts, tool_versions  # noqa: E402
 
@@ -140,8 +139,8 @@ def write(results: dict, out: Path) -> None:
         if "plan" in step:
             ranks = {n: e["rank"] for n, e in step["plan"]["layers"].items()}
             lines.append(
-                f"- {name}: {len(ranks)} layers factorised ({step['criterion']}, "
-                f"{LEVEL_NAMES[step['plan']['allocation']]} {step['plan']['level']:.4f}); ranks {json.dumps(ranks)}; left dense: {step['kept_dense'] or 'none'}."
+                f"- {name}: {len(ranks)} layers factorised ({step['criterion']}, retained energy "
+                f"{step['plan']['energy']:.4f}); ranks {json.dumps(ranks)}; left dense: {step['kept_dense'] or 'none'}."
             )
         if "kept_layers" in step:
             lines.append(f"- {name}: the student starts from the teacher's layers {step['kept_layers']}.")

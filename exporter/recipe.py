@@ -291,11 +291,6 @@ class LowrankStep(Strict):
         description="svd: plain truncated SVD of the weights; activation: SVD whitened by the layer's inputs on the "
         "calibration data (minimises the output error; Linear, 1x1 and channel-mode convolutions).",
     )
-    allocation: Literal["energy", "uniform"] = Field(
-        default="energy",
-        description="energy: every layer keeps the same fraction of its squared singular values; uniform: every "
-        "layer keeps the same fraction of its MACs (robust to layers whose energy sits in a few outlier directions).",
-    )
     conv: Literal["spatial", "channel"] = Field(
         default="spatial", description="k x k convolutions: (k x 1)(1 x k) pair, or a k x k into r channels then 1 x 1."
     )

@@ -9,10 +9,6 @@ from exporter.bench.estimate import FORMULA
 PLOT = "latency_vs_accuracy.png"
 
 
-# What a low-rank plan's one level means, per allocation (exporter.compress.lowrank.ALLOCATIONS).
-LEVEL_NAMES = {"energy": "retained energy", "uniform": "MAC fraction kept per layer"}
-
-
 def _plot(root: Path, metric: str, profiles: list[dict]) -> None:
     import matplotlib
 
@@ -287,8 +283,8 @@ def _compression_lines(metric: str, compression: dict) -> list[str]:
                 goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())
                 lines.append(
                     f"- lowrank ({s['criterion']}; {len(s['whitened'])} layers whitened by their inputs): goal {goal}, "
-                    f"{LEVEL_NAMES[plan['allocation']]} {plan['level']:.4f}; {len(plan['layers'])} layers factorised "
-                    f"(rank multiple {plan['align']}): {ranks or 'none'}; left dense (not cheaper at that level): "
+                    f"retained energy {plan['energy']:.4f}; {len(plan['layers'])} layers factorised (rank multiple "
+                    f"{plan['align']}): {ranks or 'none'}; left dense (not cheaper at that energy): "
                     f"{', '.join(s['kept_dense']) or 'none'}."
                 )
             elif s["step"] == "student":

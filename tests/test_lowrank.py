@@ -79,23 +79,6 @@ def test_choose_ranks_meets_a_mac_goal_at_the_highest_energy():
     assert ranks["l2"] >= ranks["l0"]
 
 
-def test_uniform_allocation_cuts_every_layer_alike_whatever_its_spectrum():
-    # l0 holds nearly all its energy in one direction (like BERT's FFN outputs and their outlier
-    # features): an energy level starves it, a uniform MAC fraction does not.
-    spiky = _cand(96, 96, np.r_[1000.0, np.ones(95)])
-    flat = _cand(96, 96, np.exp(-np.arange(96) / 20))
-    cands = {n: lowrank.Candidate(n, c.kind, c.m, c.n, 10, c.singular) for n, c in {"l0": spiky, "l1": flat}.items()}
-    base = sum(c.macs(None) for c in cands.values())
-    by_energy, _ = lowrank.choose_ranks(cands, 8, None, 0.4, base)
-    uniform, fraction = lowrank.choose_ranks(cands, 8, None, 0.4, base, allocation="uniform")
-    assert by_energy["l0"] == 8 and by_energy["l1"] >= 24
-    assert uniform["l0"] == uniform["l1"] and 0 < fraction < 1
-    macs = base - sum(c.macs(None) - c.macs(uniform[n]) for n, c in cands.items())
-    assert macs <= 0.4 * base
-    assert lowrank.rank_for_fraction(flat, 0.5, 8) == 24  # half of the bound 48
-    assert lowrank.rank_for_fraction(flat, 0.99, 8) is None  # rounded up to the bound: not cheaper
-
-
 def test_mse_loss():
     a = torch.ones(2, 3)
     assert float(mse_loss(a, a)) == 0.0 and float(mse_loss(a, a + 2)) == pytest.approx(4.0)

@@ -502,25 +502,24 @@ def run_lowrank(state: _State, step: LowrankStep, where: str) -> dict:
     positions = lowrank.output_positions(root, layers, state.student, _example(ctx))
     cands = lowrank.candidates(root, layers, step.conv, positions, grams)
     base_macs, _ = _costs(state)
-    ranks, level = lowrank.choose_ranks(cands, align, step.goal.energy, step.goal.macs, base_macs, step.allocation)
+    ranks, energy = lowrank.choose_ranks(cands, align, step.goal.energy, step.goal.macs, base_macs)
     plan = {
         "layers": {
             n: {"kind": cands[n].kind, "rank": r, "shape": [cands[n].m, cands[n].n], "bound": round(cands[n].bound, 1)}
             for n, r in sorted(ranks.items())
         },
-        "allocation": step.allocation,
-        "level": round(level, 6),  # the retained energy, or the MAC fraction, every layer was cut to
+        "energy": round(energy, 6),
         "align": align,
         "root": "encoder" if hf else "model",
     }
     lowrank.apply(root, plan, grams)
     kept = sorted(n for n in layers if n not in ranks)
-    log.info(f"  lowrank: {len(ranks)} of {len(layers)} layers factorised at {step.allocation} level {level:.4f}")
+    log.info(f"  lowrank: {len(ranks)} of {len(layers)} layers factorised at energy {energy:.4f}")
     return {
         "criterion": step.criterion,
         "whitened": sorted(n for n in ranks if grams is not None and n in grams),
         "plan": plan,
-        "kept_dense": kept,  # not cheaper at the rank their level needs: left as they were
+        "kept_dense": kept,  # not cheaper at the rank their energy needs: left as they were
         "goal": step.goal.model_dump(exclude_none=True),
     }
 

@@ -165,40 +165,20 @@ def rank_for_energy(c: Candidate, energy: float, align: int) -> int | None:
     return r if r < c.bound else None
 
 
-def rank_for_fraction(c: Candidate, fraction: float, align: int) -> int | None:
-    """The rank at which the pair costs `fraction` of the layer's MACs, rounded up to `align`;
-    None when that would not make the layer cheaper."""
-    r = min(len(c.singular), max(align, int(math.ceil(fraction * c.bound / align)) * align))
-    return r if r < c.bound else None
-
-
-# How one level (0..1) sets every layer's rank: the same retained energy, or the same MAC fraction.
-# Energy suits layers whose spectra are alike; BERT's FFN output layers write a few huge outlier
-# features, so 99% of their (whitened) energy sits in a handful of directions and an energy level
-# cuts them to rank 8 while the other features they carry are lost. `uniform` cuts every layer alike.
-ALLOCATIONS = {"energy": rank_for_energy, "uniform": rank_for_fraction}
-
-
 def choose_ranks(
-    cands: dict[str, Candidate],
-    align: int,
-    energy: float | None,
-    macs_goal: float | None,
-    base_macs: int,
-    allocation: str = "energy",
+    cands: dict[str, Candidate], align: int, energy: float | None, macs_goal: float | None, base_macs: int
 ) -> tuple[dict[str, int], float]:
-    """Ranks for every candidate at one level of `allocation`: the given energy, or the highest
-    level (found by bisection) whose total MACs meet the goal. Returns (ranks, level)."""
-    rank_at = ALLOCATIONS[allocation]
+    """Ranks for every candidate at one retained-energy level: the given one, or the highest level
+    (found by bisection) whose total MACs meet the goal. Returns (ranks, energy level)."""
 
     def at(e: float) -> tuple[dict[str, int], int]:
-        ranks = {n: r for n, c in cands.items() if (r := rank_at(c, e, align)) is not None}
+        ranks = {n: r for n, c in cands.items() if (r := rank_for_energy(c, e, align)) is not None}
         saved = sum(c.macs(None) - c.macs(ranks[n]) for n, c in cands.items() if n in ranks)
         return ranks, base_macs - saved
 
     if energy is not None:
         return at(energy)[0], energy
-    lo, hi = 0.0, 1.0  # level lo meets the goal (or nothing does), hi does not
+    lo, hi = 0.0, 1.0  # energy lo meets the goal (or nothing does), hi does not
     if at(0.0)[1] > macs_goal * base_macs:
         return at(0.0)[0], 0.0
     for _ in range(30):
