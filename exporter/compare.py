@@ -48,16 +48,19 @@ def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
 
     feed = synthetic_feed(old)
     settings = BenchSection(warmup_runs=5, min_runs=30, min_seconds=0.3, max_seconds=5.0)
-    aa, ab = [], []
+    aa, ab, ab2 = [], [], []
     for i in range(rounds):
         order = {"a": old, "a2": old, "b": new} if i % 2 == 0 else {"b": new, "a2": old, "a": old}
         stats = time_interleaved(order, feed, 1, settings, rounds=1)
         aa.append(stats["a2"].p50 / stats["a"].p50)
         ab.append(stats["b"].p50 / stats["a"].p50)
+        ab2.append(stats["b"].p50 / stats["a2"].p50)
     spread = float(np.max(np.abs(np.log(aa))))
     threshold = max(floor, float(np.expm1(3 * spread)))
     return {
-        "ratio": float(np.median(ab)),
+        # Against both timed copies of the old model: a load spike that slowed one copy's rounds
+        # flagged an A/A comparison once here; a real slowdown is slower than either copy.
+        "ratio": float(min(np.median(ab), np.median(ab2))),
         "threshold": threshold,
         "aa_ratios": [round(x, 4) for x in aa],
         "ab_ratios": [round(x, 4) for x in ab],
