@@ -64,6 +64,7 @@ def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
         "threshold": threshold,
         "aa_ratios": [round(x, 4) for x in aa],
         "ab_ratios": [round(x, 4) for x in ab],
+        "ab2_ratios": [round(x, 4) for x in ab2],
         "calibrated": True,
     }
 
