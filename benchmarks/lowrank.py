@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pruning import interleaved_p50, onnx_metric  # noqa: E402
+from benchmarks.compression_common import host_line, interleaved_p50, onnx_metric, run_scenarios  # noqa: E402
 from exporter.compress import compress  # noqa: E402
 from exporter.pipeline import _export_for, _student_ctx, prepare  # noqa: E402
 from exporter.targets import get_target  # noqa: E402
-from exporter.versions import host_facts, tool_versions  # noqa: E402
 
 SCENARIOS = {
     "digits": ("digits-lowrank.yaml", "top-1"),
@@ -113,8 +110,7 @@ def write(results: dict, out: Path) -> None:
         "alone (`--only NAME`) keeps the others' last figures, so absolute times of different rows may come from "
         "different runs and loads; each row's speed-up is teacher and student side by side.",
         "",
-        f"Host: {json.dumps(host_facts())}; versions: "
-        + ", ".join(f"{k} {v}" for k, v in tool_versions().items() if k in ("torch", "onnxruntime", "transformers")),
+        host_line(),
         "",
         "![lowrank](lowrank_curve.png)",
         "",
@@ -153,20 +149,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "LOWRANK.md")
     ap.add_argument("--cache", type=Path, help="reuse students trained into this cache folder (default: train afresh)")
     args = ap.parse_args()
-    results: dict = {}
-    previous = args.out.with_suffix(".json")
-    if args.only and previous.is_file():  # keep the other scenarios' last figures
-        results = json.loads(previous.read_text())
-    with tempfile.TemporaryDirectory(prefix="edgex-lowrank-bench-") as tmp:
-        os.environ["EDGEX_CACHE_DIR"] = str(args.cache or Path(tmp) / "cache")
-        for name in SCENARIOS:
-            if args.only in (None, name):
-                results[name] = run(name, Path(tmp))
-    results = {k: results[k] for k in SCENARIOS if k in results}
-    previous.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    plot(results, args.out.parent / "lowrank_curve.png")
-    write(results, args.out)
-    print(args.out.read_text())
+    scenarios = {name: (lambda work, name=name: run(name, work)) for name in SCENARIOS}
+    run_scenarios(scenarios, args.only, args.out, args.cache, plot, "lowrank_curve.png", write)
 
 
 if __name__ == "__main__":
