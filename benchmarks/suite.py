@@ -289,7 +289,7 @@ def write(results: list[dict], out: Path, quick: bool, seconds: float, command: 
             f"Fidelity: {what.get(res['metric'], res['metric'])} on {res['evaluation_samples']} samples "
             f"(FP32 PyTorch: {res['baseline_metric']:.4f}); top-1 agreement = share of samples whose argmax matches "
             f"FP32's; {100 * res['spread']:.0f}% of the FP32 outputs' energy varies between samples (the part a "
-            f"fidelity metric can see). edgex ships `{res['deliverable']}` for {PROFILE} (fastest variant within "
+            f"fidelity metric can see). edgex ships `{res['deliverable']}` for {PROFILE} (fastest variant, ties within 10% to the smaller file, within "
             f"every budget). Scenario time {res['seconds']:.0f} s.",
             "",
             f"| model | p50 ms | speed-up vs FP32 [95% CI] | size vs FP32 | {res['metric']} | top-1 agreement | note |",

@@ -344,17 +344,28 @@ def _variant_record(
     }
 
 
+DELIVERABLE_TIE_BAND = 0.10  # 1-thread host timings repeat within ~10%: closer than that is a tie
+DELIVERABLE_RULE = (
+    f"fastest p50 among variants meeting every budget; within {DELIVERABLE_TIE_BAND:.0%} of it, the smallest file"
+)
+
+
 def _choose_deliverable(variants: list[dict], target: Target) -> dict:
     """Fastest (by p50, the stable statistic) variant meeting every budget; else the one missing by least.
 
     Only variants the target's runtime can execute are eligible (an NPU that runs INT8 only
     never gets the FP32 baseline). Budgets are judged at their own percentile; ranking on a
     tail percentile would let one scheduler hiccup on a shared host decide what ships.
+    Variants within DELIVERABLE_TIE_BAND of the fastest p50 are a tie, settled by the smaller
+    file (then the variant order): two variants that time alike would otherwise swap on every
+    rebuild, and the release bytes with them.
     """
     variants = [v for v in variants if v["artifact"]["precision"] in target.quantization.precisions]
     passing = [v for v in variants if v["ok"]]
     if passing:
-        return min(passing, key=lambda v: v["latency_ms"]["p50"])
+        fastest = min(v["latency_ms"]["p50"] for v in passing)
+        tied = [v for v in passing if v["latency_ms"]["p50"] <= fastest * (1 + DELIVERABLE_TIE_BAND)]
+        return min(tied, key=lambda v: (v["artifact"]["bytes"], passing.index(v)))
 
     def shortfall(v: dict) -> tuple[int, float]:
         missed = [x for x in v["verdicts"] if x["ok"] is False]
@@ -652,7 +663,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         record["package"] = packages[name]
         variants.append(record)
     deliverable = _choose_deliverable(variants, target)
-    decision = {"deliverable": deliverable["name"], "by": "fastest p50 among variants meeting every budget"}
+    decision = {"deliverable": deliverable["name"], "by": DELIVERABLE_RULE}
     if ctx.replay is not None:
         deliverable, decision = _replayed_deliverable(ctx.replay, profile.id, variants)
     runtime = _ship(ctx, profile, target, folder, deliverable, threads, files)

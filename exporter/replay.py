@@ -1,7 +1,8 @@
 """`edgex build --replay OLD/manifest.json`: repeat the decisions an earlier build took from timings.
 
 Timings differ from run to run, so a rebuild that re-measures can ship different bytes: the speed
-guard may stop on another rung, and the deliverable (fastest variant by p50) may change. The
+guard may stop on another rung, and the deliverable (fastest variant by p50, ties
+within 10% to the smaller file) may still change near the edge of the band. The
 manifest records both decisions; a replay takes them from there instead of from the clock, so
 with the same inputs, versions and SOURCE_DATE_EPOCH the release is byte-identical except the
 timing fields (see docs/ARCHITECTURE.md). Latency-budget pruning (`compress:` with

@@ -115,3 +115,29 @@ def test_shape_inference_that_gives_up_writes_nothing_into_the_working_folder(tm
     monkeypatch.chdir(tmp_path)
     assert _shapes(model, {"x": [2, 4]})["x"] == [1, 4]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deliverable_ties_go_to_the_smaller_file_and_clear_wins_to_the_faster():
+    from exporter.pipeline import _choose_deliverable
+    from exporter.targets import get_target
+
+    def variant(name, p50, size, precision="int8", ok=True):
+        return {
+            "name": name,
+            "ok": ok,
+            "latency_ms": {"p50": p50},
+            "artifact": {"bytes": size, "precision": precision},
+            "verdicts": [],
+        }
+
+    cpu = get_target("cpu")
+    alike = [variant("int8", 1.00, 900), variant("int8-dynamic", 0.95, 1000)]
+    assert _choose_deliverable(alike, cpu)["name"] == "int8"  # 5% apart: a tie, the smaller file ships
+    assert _choose_deliverable(alike[::-1], cpu)["name"] == "int8"  # whatever order they were timed in
+    apart = [variant("int8", 1.00, 900), variant("int8-dynamic", 0.80, 1000)]
+    assert _choose_deliverable(apart, cpu)["name"] == "int8-dynamic"  # 20% faster wins outright
+    failing = [variant("int8", 1.00, 900, ok=False), variant("int8-dynamic", 1.05, 1000)]
+    assert _choose_deliverable(failing, cpu)["name"] == "int8-dynamic"  # a miss never ships over a pass
+    qnn = get_target("qnn")
+    fp32 = [variant("baseline", 0.5, 800, precision="fp32"), variant("int8", 1.0, 900)]
+    assert _choose_deliverable(fp32, qnn)["name"] == "int8"  # an INT8-only runtime never gets FP32
