@@ -77,7 +77,9 @@ def bench_file(
         power = _power_request(profile, power_sensor, rate)
         where = parts["host"]
         latency_basis = f"device measurement (onnxruntime CPU on {runner} over ssh)"
-    raw = RUNNERS[scheme](path, parts, profile.threads, settings, power, options or RunnerOptions())
+    raw = RUNNERS[scheme](
+        path, parts, profile.threads, settings, power, options or RunnerOptions(), affinity=profile.cpu_affinity
+    )
     if raw.power is None:
         raw_power = {"available": False, "reason": "no power sensor named (profile `power_sensor:` or --power-sensor)"}
     else:
@@ -110,7 +112,7 @@ def bench_file(
         "model": str(path),
         "profile": profile.id,
         "runner": raw.runner,
-        "threads": {"profile": profile.threads, "host": raw.threads},
+        "threads": {"profile": profile.threads, "host": raw.threads, "affinity": raw.affinity},
         "latency_ms": {
             **stats.as_dict(),
             "interval95": [round(interval[0], 4), round(interval[1], 4)],

@@ -191,6 +191,7 @@ def _summary(manifest: dict) -> str:
     type=click.Path(path_type=Path),
     help="An earlier build's manifest.json: repeat its timing-based decisions (speed guard, deliverable).",
 )
+@click.option("--mlperf", is_flag=True, help="MLPerf minimums for every variant: at least 1024 queries and 60 s.")
 @TRUST_OPT
 @JSON_OPT
 @click.pass_context
@@ -204,6 +205,7 @@ def build(
     plan_path: Path | None,
     cell_id: str | None,
     replay: Path | None,
+    mlperf: bool,
     trust_code: bool,
     as_json: bool,
 ) -> int:
@@ -226,7 +228,7 @@ def build(
     from exporter.sources import trusting_code
 
     with trusting_code(trust_code):
-        manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay)
+        manifest = run_build(recipe, list(profiles) or None, out, ctx.obj["profiles_dirs"], replay, mlperf)
     return _emit_build(manifest, manifest, junit, as_json, _summary)
 
 
@@ -418,9 +420,9 @@ def bench(
     from exporter.recipe import BenchSection
 
     prof = _profile(ctx, profile_id)
-    if mlperf:
-        runs, seconds = max(runs, 1024), max(seconds, 60.0)
-    settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1))
+    settings = BenchSection(
+        min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1), mlperf=mlperf
+    ).effective()
     if runner == "local":  # the model runs here: in the sandboxed child
         result = _sandboxed(
             "bench",
@@ -438,13 +440,15 @@ def bench(
 
         write_junit(junit, [(f"{prof.id}/{model.name}", result["verdicts"])])
 
+    from exporter.bench.affinity import describe
+
     def text(r: dict) -> str:
         lat = r["latency_ms"]
         where = "host measurement" if r["runner"]["kind"] == "local" else f"measured on {r['runner']['target']}"
         lines = [
             f"{r['model']} on {r['profile']} ({where}, {r['threads']['host']} thread(s)): "
             f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms over {lat['runs']} runs; "
-            f"memory {r['memory']['session_mb']:.1f} MB; size {r['size_mb']:.3f} MB"
+            f"memory {r['memory']['session_mb']:.1f} MB; size {r['size_mb']:.3f} MB; {describe(r['threads']['affinity'])}"
         ]
         m = r["measured_power"]
         if m.get("available"):

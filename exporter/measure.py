@@ -70,11 +70,28 @@ def time_interleaved(
     settings: BenchSection,
     rounds: int = 2,
     meter: Meter | None = None,
+    affinity: list[int] | None = None,
 ) -> dict[str, LatencyStats]:
     """Each variant gets `rounds` alternating blocks; minimums apply to the sum of its blocks.
 
     With a power meter, the idle draw is measured once before timing and each block's energy
-    during it (the sampling thread sleeps between reads, so the timed loop keeps its core)."""
+    during it (the sampling thread sleeps between reads, so the timed loop keeps its core).
+    `affinity`: the profile's cores, pinned around session creation and timing where this
+    machine has them (exporter.bench.affinity)."""
+    from exporter.bench.affinity import pinned
+
+    with pinned(affinity):
+        return _time_interleaved(paths, feed, threads, settings, rounds, meter)
+
+
+def _time_interleaved(
+    paths: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    threads: int,
+    settings: BenchSection,
+    rounds: int,
+    meter: Meter | None,
+) -> dict[str, LatencyStats]:
     import time
 
     sessions = {name: make_session(p, threads) for name, p in paths.items()}
@@ -107,6 +124,12 @@ def time_interleaved(
             seconds[name] += (clock() - start) / 1e9
             if meter is not None:
                 meter.block_stop(name, count)
+    for name in paths:
+        if len(samples[name]) < settings.min_runs:
+            log.info(
+                f"{name}: {len(samples[name])} queries within the {settings.max_seconds:g} s cap, fewer "
+                f"than the {settings.min_runs} asked for (raise bench.max_seconds)"
+            )
     return {name: summarize(np.asarray(samples[name]), seconds[name]) for name in paths}
 
 
@@ -121,6 +144,7 @@ def measure_variants(
     meter: Meter | None = None,
     unmeasured: dict | None = None,
     rate_hz: float | None = None,
+    affinity: list[int] | None = None,
 ) -> dict[str, Measurement]:
     outputs = {}
     for name, path in paths.items():
@@ -130,7 +154,7 @@ def measure_variants(
         f"[{label}] time {', '.join(paths)} interleaved ({threads} thread(s), >= {settings.min_runs} runs "
         f"and {settings.min_seconds:g} s each)"
     )
-    latency = time_interleaved(paths, feed, threads, settings, meter=meter)
+    latency = time_interleaved(paths, feed, threads, settings, meter=meter, affinity=affinity)
     memory = {name: peak_memory(path, threads, feed) for name, path in paths.items()}
     power = {name: meter.result(name, rate_hz) if meter else unmeasured for name in paths}
     return {name: Measurement(latency[name], memory[name], outputs[name], power[name]) for name in paths}

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from exporter.errors import UsageError
 from exporter.resources import shipped_dir
@@ -113,7 +113,24 @@ class DeviceProfile(Strict):
     preflight: PreflightLimits = Field(default_factory=PreflightLimits)
     estimates: Estimates | None = Field(default=None, description="Constants for device latency/energy estimates.")
     power_sensor: PowerSensor | None = Field(default=None, description="Sensor to measure power with, when present.")
+    cpu_affinity: list[int] | None = Field(
+        default=None,
+        description="Linux CPU numbers the benchmark pins its threads to on the device (e.g. the big cluster); "
+        "default: the OS schedules. Not applied on a machine without those cores (the manifest says so).",
+    )
     notes: str = ""
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _affinity_fits_threads(cls, cores: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if cores is not None and (len(set(cores)) != len(cores) or min(cores, default=0) < 0 or not cores):
+            raise ValueError("list distinct CPU numbers >= 0, e.g. [4, 5, 6, 7]")
+        threads = info.data.get("threads")
+        if cores is not None and threads is not None and len(cores) < threads:
+            raise ValueError(
+                f"{len(cores)} core(s) for {threads} threads: list at least as many cores as threads, or lower threads"
+            )
+        return cores
 
 
 def load_profile_file(path: Path) -> DeviceProfile:

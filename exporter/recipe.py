@@ -350,11 +350,28 @@ class CompressStep(Strict):
         return getattr(self, self.kind)
 
 
+MLPERF_MIN_QUERIES, MLPERF_MIN_SECONDS = 1024, 60.0  # MLPerf Inference single-stream minimums
+
+
 class BenchSection(Strict):
     warmup_runs: int = Field(default=10, ge=0)
     min_runs: int = Field(default=100, ge=1)
     min_seconds: float = Field(default=1.0, ge=0)
     max_seconds: float = Field(default=10.0, gt=0)
+    mlperf: bool = Field(
+        default=False,
+        description="Apply MLPerf single-stream minimums (1024 queries and 60 s per variant); slow, for release runs.",
+    )
+
+    def effective(self) -> BenchSection:
+        """The settings a run uses: with mlperf, the minimums are raised and the cap lifted above them
+        (a cap below the minimum duration would cut every run short). A model too slow for 1024
+        queries within the cap is still stopped there, and the build says so."""
+        if not self.mlperf:
+            return self
+        runs, seconds = max(self.min_runs, MLPERF_MIN_QUERIES), max(self.min_seconds, MLPERF_MIN_SECONDS)
+        cap = max(self.max_seconds, 2 * seconds + 0.1 * runs)  # room for 1024 queries of up to ~0.1 s
+        return self.model_copy(update={"min_runs": runs, "min_seconds": seconds, "max_seconds": cap})
 
 
 class RuntimeNotes(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.bench.affinity import describe
 from exporter.bench.estimate import FORMULA
 
 PLOT = "latency_vs_accuracy.png"
@@ -65,7 +66,7 @@ def write_report(
             f"## {prof['id']} — {prof['name']}",
             "",
             f"Target `{prof['target']}` ({prof['execution_provider']}); threads {prof['threads']['profile']} "
-            f"on device, {prof['threads']['host']} on host. Deliverable: **{prof['deliverable']}** — {status}. "
+            f"on device, {prof['threads']['host']} on host ({describe(prof['threads'].get('affinity'))}). Deliverable: **{prof['deliverable']}** — {status}. "
             f"Package: `{prof['package']['model']}` ({prof['package']['format']}) with `runtime.json` and a reference "
             f"check (`{prof['package']['reference']}`).",
             "",

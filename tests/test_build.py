@@ -26,6 +26,7 @@ def test_manifest_contract(tiny_build):
     assert [p["id"] for p in m["profiles"]] == ["raspberry-pi-5-cpu", "sa8295p-qnn"]
     for prof in m["profiles"]:
         assert {"id", "target", "deliverable", "variants", "verdicts", "ok"} <= set(prof)
+        assert prof["bench"]["mlperf"] is False and prof["bench"]["min_runs"] >= 1  # the settings it was timed with
         names = [v["name"] for v in prof["variants"]]
         # CPU runtimes are offered dynamic INT8 beside the static artifact; NPUs take static only
         assert names == (["baseline", "int8", "int8-dynamic"] if prof["target"] == "cpu" else ["baseline", "int8"])

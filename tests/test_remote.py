@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+import yaml
+from conftest import ROOT, run_cli
 from test_power import _hwmon_tree, _tiny_onnx, power_profile, run_inprocess
 
 from exporter.bench import power
@@ -148,7 +149,8 @@ def test_ssh_runner_returns_what_a_local_bench_returns(ssh_board, capsys):
     import onnxruntime
 
     assert r["runner"]["onnxruntime"] == onnxruntime.__version__
-    assert r["threads"] == {"profile": 4, "host": min(4, os.cpu_count())}
+    assert (r["threads"]["profile"], r["threads"]["host"]) == (4, min(4, os.cpu_count()))
+    assert r["threads"]["affinity"]["requested"] is None and r["threads"] == lo["threads"]
     assert r["latency_ms"]["runs"] >= 40 and r["latency_ms"]["seconds"] >= 0.2
     assert r["latency_ms"]["basis"].startswith("device measurement") and "ssh" in r["latency_ms"]["basis"]
     assert r["latency_ms"]["interval95"][0] <= r["latency_ms"]["p90"] <= r["latency_ms"]["interval95"][1]
@@ -236,8 +238,8 @@ def test_board_script_needs_nothing_of_edgex():
     import ast
 
     here = Path(power.__file__).parent
-    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "power", "__future__"}
-    for name in ("board_script.py", "power.py"):
+    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "power", "affinity", "__future__"}
+    for name in ("board_script.py", "power.py", "affinity.py"):
         tree = ast.parse((here / name).read_text(), feature_version=(3, 8))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -247,3 +249,27 @@ def test_board_script_needs_nothing_of_edgex():
             else:
                 continue
             assert set(mods) <= allowed, (name, mods)
+
+
+def _pinned_profile(folder: Path, cores: list[int]) -> Path:
+    data = yaml.safe_load((ROOT / "device_profiles" / "raspberry-pi-5-cpu.yaml").read_text())
+    data.update(id="pi-pinned", threads=1, cpu_affinity=cores)
+    data["budgets"]["latency"]["max_ms"] = 5000  # about pinning: a loaded host's tail must not decide
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pi-pinned.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def test_the_profiles_cores_are_pinned_on_the_board_and_never_partly(ssh_board, tmp_path, capsys):
+    profiles = _pinned_profile(tmp_path / "on", [0])
+    code, out, err = _bench(ssh_board, "--json", capsys=capsys, profile="pi-pinned", profiles_dir=profiles)
+    assert code == 0, err
+    pinning = json.loads(out)["threads"]["affinity"]
+    assert pinning["requested"] == [0] and pinning["applied"] == [0], pinning
+    # a core the board does not have: nothing is pinned, and the result says why
+    absent = 4095
+    profiles = _pinned_profile(tmp_path / "off", [0, absent])
+    code, out, err = _bench(ssh_board, "--json", capsys=capsys, profile="pi-pinned", profiles_dir=profiles)
+    assert code == 0, err
+    pinning = json.loads(out)["threads"]["affinity"]
+    assert pinning["applied"] is None and str(absent) in pinning["reason"], pinning

@@ -141,3 +141,50 @@ def test_deliverable_ties_go_to_the_smaller_file_and_clear_wins_to_the_faster():
     qnn = get_target("qnn")
     fp32 = [variant("baseline", 0.5, 800, precision="fp32"), variant("int8", 1.0, 900)]
     assert _choose_deliverable(fp32, qnn)["name"] == "int8"  # an INT8-only runtime never gets FP32
+
+
+def test_mlperf_settings_raise_the_minimums_and_lift_the_cap_above_them():
+    from exporter.recipe import BenchSection
+
+    quick = BenchSection(min_runs=10, min_seconds=0.1, max_seconds=2.0)
+    assert quick.effective() == quick
+    full = BenchSection(min_runs=10, min_seconds=0.1, max_seconds=2.0, mlperf=True).effective()
+    assert (full.min_runs, full.min_seconds) == (1024, 60.0)
+    assert full.max_seconds >= full.min_seconds  # a cap below the minimum would cut the run short
+    more = BenchSection(min_runs=5000, min_seconds=90.0, max_seconds=200.0, mlperf=True).effective()
+    assert (more.min_runs, more.min_seconds) == (5000, 90.0) and more.max_seconds >= 200.0  # never lowered
+
+
+def test_pinning_applies_only_where_every_core_exists_and_is_undone_after():
+    import os
+
+    from exporter.bench.affinity import pinned, plan
+
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    with pinned([core]) as record:
+        assert os.sched_getaffinity(0) == {core} and record["applied"] == [core]
+    assert os.sched_getaffinity(0) == before
+    with pinned([core, 4095]) as record:  # never a partial pinning under the profile's name
+        assert os.sched_getaffinity(0) == before and record["applied"] is None and "4095" in record["reason"]
+    assert plan(None)["requested"] is None
+
+
+@pytest.mark.parametrize(
+    ("cores", "words"),
+    [([0], "1 core(s) for 4 threads"), ([0, 0, 1, 2], "distinct"), ([], "distinct"), ([-1, 0, 1, 2], "distinct")],
+)
+def test_profile_affinity_must_fit_its_threads(tmp_path, cores, words):
+    import yaml
+
+    from exporter.errors import UsageError
+    from exporter.profiles import load_profile_file
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "device_profiles" / "raspberry-pi-5-cpu.yaml").read_text())
+    data["cpu_affinity"] = cores
+    path = tmp_path / "raspberry-pi-5-cpu.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError) as err:
+        load_profile_file(path)
+    assert words in str(err.value) and "cpu_affinity" in str(err.value)

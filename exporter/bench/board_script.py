@@ -1,8 +1,8 @@
 """The benchmark that runs on a board: numpy + onnxruntime + the standard library, nothing of edgex.
 
 The remote runner (exporter/bench/remote.py) copies this file, power.py and the model into a
-temporary folder on the board and calls `main(folder)`. It reads `settings.json` (threads, warm-up,
-runs, seconds, seed, power sensor), times the model single-stream the way a local `edgex bench`
+temporary folder on the board and calls `main(folder)`. It reads `settings.json` (threads, cores to
+pin them to, warm-up, runs, seconds, seed, power sensor), times the model single-stream the way a local `edgex bench`
 does (two blocks, each at least half the runs and half the seconds), reads the process's own peak
 RSS, and prints one JSON line: raw samples and facts, which the host turns into the same result a
 local run gives. Python 3.8 compatible (JetPack 5 ships 3.8).
@@ -66,6 +66,12 @@ def run(folder: str, settings: dict) -> dict:
     import numpy as np
     import onnxruntime as ort
 
+    sys.path.insert(0, folder)
+    import affinity  # copied beside this script (exporter/bench/affinity.py)
+
+    pinning = affinity.plan(settings.get("cpu_affinity"))
+    if pinning["applied"]:  # before the session: its pool threads inherit the mask (a throwaway process)
+        os.sched_setaffinity(0, pinning["applied"])
     threads = max(1, min(int(settings["threads"]), os.cpu_count() or 1))
     before = _status_mb("VmRSS")
     so = ort.SessionOptions()
@@ -127,6 +133,7 @@ def run(folder: str, settings: dict) -> dict:
         "samples_ms": [round(s, 6) for s in samples],
         "seconds": seconds,
         "threads": threads,
+        "affinity": pinning,
         "memory": memory,
         "power": power,
         "board": {

@@ -70,6 +70,7 @@ class RawRun:
     memory: dict
     power: dict | None
     runner: dict = field(default_factory=dict)
+    affinity: dict = field(default_factory=dict)  # exporter.bench.affinity.plan on the machine that timed
 
 
 def parse_runner(url: str) -> tuple[str, dict]:
@@ -109,11 +110,12 @@ def ssh_command(parts: dict, options: RunnerOptions, remote: str) -> list[str]:
 
 
 def _bundle(model: Path, settings: dict, out) -> None:
-    """model.onnx, board_script.py, power.py and settings.json as a tar, written to `out` (a file)."""
+    """model.onnx, board_script.py, power.py, affinity.py and settings.json as a tar, written to `out` (a file)."""
     with tarfile.open(fileobj=out, mode="w") as tar:
         tar.add(model, arcname="model.onnx")
         tar.add(HERE / "board_script.py", arcname="board_script.py")
         tar.add(HERE / "power.py", arcname="power.py")
+        tar.add(HERE / "affinity.py", arcname="affinity.py")
         data = json.dumps(settings).encode()
         info = tarfile.TarInfo("settings.json")
         info.size = len(data)
@@ -144,13 +146,20 @@ def _ssh_failure(stderr: str, where: str) -> UsageError:
 
 
 def run_ssh(
-    path: Path, parts: dict, threads: int, settings: BenchSection, power: dict | None, options: RunnerOptions
+    path: Path,
+    parts: dict,
+    threads: int,
+    settings: BenchSection,
+    power: dict | None,
+    options: RunnerOptions,
+    affinity: list[int] | None = None,
 ) -> RawRun:
     where = (
         (f"{parts['user']}@" if parts["user"] else "") + parts["host"] + (f":{parts['port']}" if parts["port"] else "")
     )
     payload = {
         "threads": threads,
+        "cpu_affinity": affinity,
         "warmup_runs": settings.warmup_runs,
         "min_runs": settings.min_runs,
         "min_seconds": settings.min_seconds,
@@ -219,11 +228,18 @@ def run_ssh(
         result["memory"],
         result["power"],
         runner,
+        result.get("affinity", {}),
     )
 
 
 def run_local(
-    path: Path, parts: dict, threads: int, settings: BenchSection, power: dict | None, options: RunnerOptions
+    path: Path,
+    parts: dict,
+    threads: int,
+    settings: BenchSection,
+    power: dict | None,
+    options: RunnerOptions,
+    affinity: list[int] | None = None,
 ) -> RawRun:
     """This machine: the same loop a build uses; `power` here is (meter, unmeasured) from profile_meter."""
     from exporter.bench.memory import peak_memory
@@ -234,10 +250,12 @@ def run_local(
     threads = host_threads(threads)
     feed = synthetic_feed(path)
     meter, unmeasured, rate = power if power is not None else (None, None, None)
-    stats = time_interleaved({"model": path}, feed, threads, settings, meter=meter)["model"]
+    stats = time_interleaved({"model": path}, feed, threads, settings, meter=meter, affinity=affinity)["model"]
     measured = meter.result("model", rate) if meter is not None else unmeasured
     memory = peak_memory(path, threads, feed)
-    return RawRun(stats.samples, stats.seconds, threads, memory, measured, {"kind": "local"})
+    from exporter.bench.affinity import plan
+
+    return RawRun(stats.samples, stats.seconds, threads, memory, measured, {"kind": "local"}, plan(affinity))
 
 
 RUNNERS: dict[str, Callable[..., RawRun]] = {"local": run_local, "ssh": run_ssh}
