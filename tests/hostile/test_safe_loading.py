@@ -219,7 +219,29 @@ def case_replay_of_another_recipe(tmp_path, canary):
     return ["build", str(recipe), "--replay", str(other)], ("different recipe",), None
 
 
+def _yaml_code(tmp_path) -> str:
+    """A YAML tag that runs a shell command when read with yaml.load / unsafe_load (CVE-2017-18342)."""
+    ran = tmp_path / "ran.txt"
+    return f'!!python/object/apply:os.system ["touch {ran}"]'
+
+
+def case_yaml_code_in_recipe(tmp_path, canary):
+    recipe = write_onnx_project(tmp_path / "proj")
+    recipe.write_text(recipe.read_text() + f"notes: {_yaml_code(tmp_path)}\n")
+    return ["build", str(recipe)], (str(recipe.name), "YAML"), None
+
+
+def case_yaml_code_in_profile(tmp_path, canary):
+    recipe = write_onnx_project(tmp_path / "proj")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "evil-board.yaml").write_text(f"id: evil-board\nname: {_yaml_code(tmp_path)}\n")
+    return ["--profiles-dir", str(profiles), "build", str(recipe)], ("evil-board.yaml", "YAML"), None
+
+
 CASES = [
+    case_yaml_code_in_recipe,
+    case_yaml_code_in_profile,
     case_external_hardlink,
     case_external_in_subgraph_absolute,
     case_external_symlinked_folder,
