@@ -417,12 +417,11 @@ def bench(
              edgex bench model.onnx --profile jetson-orin-nano-tensorrt --runner ssh://me@orin.local
     """
     from exporter.bench.remote import RunnerOptions
-    from exporter.recipe import BenchSection
+    from exporter.recipe import BenchSection, run_cap
 
     prof = _profile(ctx, profile_id)
-    settings = BenchSection(
-        min_runs=runs, min_seconds=seconds, max_seconds=max(10.0, seconds * 2 + runs * 0.1), mlperf=mlperf
-    ).effective()
+    cap = max(10.0, run_cap(runs, seconds))
+    settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=cap, mlperf=mlperf).effective()
     if runner == "local":  # the model runs here: in the sandboxed child
         result = _sandboxed(
             "bench",

@@ -70,14 +70,14 @@ def time_interleaved(
     settings: BenchSection,
     rounds: int = 2,
     meter: Meter | None = None,
-    affinity: list[int] | None = None,
+    affinity: dict | None = None,
 ) -> dict[str, LatencyStats]:
     """Each variant gets `rounds` alternating blocks; minimums apply to the sum of its blocks.
 
     With a power meter, the idle draw is measured once before timing and each block's energy
     during it (the sampling thread sleeps between reads, so the timed loop keeps its core).
-    `affinity`: the profile's cores, pinned around session creation and timing where this
-    machine has them (exporter.bench.affinity)."""
+    `affinity`: exporter.bench.affinity.plan of the profile's cores, pinned around session
+    creation and timing when the plan applies them."""
     from exporter.bench.affinity import pinned
 
     with pinned(affinity):
@@ -144,7 +144,7 @@ def measure_variants(
     meter: Meter | None = None,
     unmeasured: dict | None = None,
     rate_hz: float | None = None,
-    affinity: list[int] | None = None,
+    affinity: dict | None = None,
 ) -> dict[str, Measurement]:
     outputs = {}
     for name, path in paths.items():

@@ -652,7 +652,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         meter,
         unmeasured,
         rate,
-        affinity=profile.cpu_affinity,
+        affinity=pinning,
     )
     variants = []
     for name, (_src, precision, produced_by, parent) in artifacts.items():

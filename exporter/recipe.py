@@ -353,6 +353,11 @@ class CompressStep(Strict):
 MLPERF_MIN_QUERIES, MLPERF_MIN_SECONDS = 1024, 60.0  # MLPerf Inference single-stream minimums
 
 
+def run_cap(runs: int, seconds: float) -> float:
+    """A time cap with room for `runs` queries of up to ~0.1 s beyond twice the minimum duration."""
+    return 2 * seconds + 0.1 * runs
+
+
 class BenchSection(Strict):
     warmup_runs: int = Field(default=10, ge=0)
     min_runs: int = Field(default=100, ge=1)
@@ -370,7 +375,7 @@ class BenchSection(Strict):
         if not self.mlperf:
             return self
         runs, seconds = max(self.min_runs, MLPERF_MIN_QUERIES), max(self.min_seconds, MLPERF_MIN_SECONDS)
-        cap = max(self.max_seconds, 2 * seconds + 0.1 * runs)  # room for 1024 queries of up to ~0.1 s
+        cap = max(self.max_seconds, run_cap(runs, seconds))
         return self.model_copy(update={"min_runs": runs, "min_seconds": seconds, "max_seconds": cap})
 
 

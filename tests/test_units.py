@@ -162,10 +162,12 @@ def test_pinning_applies_only_where_every_core_exists_and_is_undone_after():
 
     before = os.sched_getaffinity(0)
     core = min(before)
-    with pinned([core]) as record:
+    record = plan([core])
+    with pinned(record):
         assert os.sched_getaffinity(0) == {core} and record["applied"] == [core]
     assert os.sched_getaffinity(0) == before
-    with pinned([core, 4095]) as record:  # never a partial pinning under the profile's name
+    record = plan([core, 4095])  # never a partial pinning under the profile's name
+    with pinned(record):
         assert os.sched_getaffinity(0) == before and record["applied"] is None and "4095" in record["reason"]
     assert plan(None)["requested"] is None
 

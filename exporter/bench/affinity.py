@@ -46,15 +46,14 @@ def describe(record: dict) -> str:
 
 
 @contextlib.contextmanager
-def pinned(cores: list[int] | None) -> Iterator[dict]:
-    """Run the block on `cores` when this machine has them all; restores the previous mask after."""
-    record = plan(cores)
-    if record["applied"] is None:
-        yield record
+def pinned(record: dict | None) -> Iterator[None]:
+    """Run the block on the cores `record` (from `plan`) applies; restores the previous mask after."""
+    if not record or record["applied"] is None:
+        yield
         return
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, record["applied"])
     try:
-        yield record
+        yield
     finally:
         os.sched_setaffinity(0, before)

@@ -250,12 +250,13 @@ def run_local(
     threads = host_threads(threads)
     feed = synthetic_feed(path)
     meter, unmeasured, rate = power if power is not None else (None, None, None)
-    stats = time_interleaved({"model": path}, feed, threads, settings, meter=meter, affinity=affinity)["model"]
-    measured = meter.result("model", rate) if meter is not None else unmeasured
-    memory = peak_memory(path, threads, feed)
     from exporter.bench.affinity import plan
 
-    return RawRun(stats.samples, stats.seconds, threads, memory, measured, {"kind": "local"}, plan(affinity))
+    pinning = plan(affinity)
+    stats = time_interleaved({"model": path}, feed, threads, settings, meter=meter, affinity=pinning)["model"]
+    measured = meter.result("model", rate) if meter is not None else unmeasured
+    memory = peak_memory(path, threads, feed)
+    return RawRun(stats.samples, stats.seconds, threads, memory, measured, {"kind": "local"}, pinning)
 
 
 RUNNERS: dict[str, Callable[..., RawRun]] = {"local": run_local, "ssh": run_ssh}
