@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from exporter.bench.latency import bootstrap_interval  # noqa: E402
 from exporter.export import export_model  # noqa: E402
+from exporter.loaded_model import LoadedModel  # noqa: E402
 from exporter.measure import time_interleaved  # noqa: E402
 from exporter.recipe import BenchSection, InputSpec  # noqa: E402
 from exporter.runtime import make_session  # noqa: E402
-from exporter.sources import LoadedModel  # noqa: E402
 from exporter.versions import host_facts, tool_versions  # noqa: E402
 
 PAIRS = 5

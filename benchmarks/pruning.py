@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.compression_common import host_line, interleaved_p50, onnx_metric, run_scenarios  # noqa: E402
 from exporter.compress import compress  # noqa: E402
-from exporter.pipeline import _export_for, _student_ctx, prepare  # noqa: E402
+from exporter.pipeline import export_for as _export_for  # noqa: E402
+from exporter.pipeline import prepare  # noqa: E402
+from exporter.pipeline import student_context as _student_ctx  # noqa: E402
 from exporter.targets import get_target  # noqa: E402
 
 SEEDS = (0, 1, 2)

@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 from benchmarks.models import mobilenet_v3_small  # noqa: E402
 from exporter.data import make_dataset  # noqa: E402
 from exporter.export import export_model  # noqa: E402
+from exporter.loaded_model import LoadedModel  # noqa: E402
 from exporter.measure import time_interleaved  # noqa: E402
 from exporter.metrics import cosine, top1  # noqa: E402
 from exporter.quantize import quantize_int8  # noqa: E402
 from exporter.recipe import BenchSection, InputSpec, QuantizeSection  # noqa: E402
 from exporter.runtime import make_session, run_all  # noqa: E402
-from exporter.sources import LoadedModel  # noqa: E402
 from exporter.targets import QuantPreset, all_targets  # noqa: E402
 from exporter.versions import host_facts, tool_versions  # noqa: E402
 

@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from exporter import log  # noqa: E402
 from exporter.bench.estimate import host_ceilings  # noqa: E402
-from exporter.pipeline import _evaluator, _export_for, prepare  # noqa: E402
+from exporter.pipeline import evaluator as _evaluator  # noqa: E402
+from exporter.pipeline import export_for as _export_for  # noqa: E402
+from exporter.pipeline import prepare  # noqa: E402
 from exporter.quant.calibration import FeedReader, batches  # noqa: E402
 from exporter.quant.dynamic import quantize_dynamic_int8  # noqa: E402
 from exporter.quant.weight_only import quantize_int4  # noqa: E402

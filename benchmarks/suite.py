@@ -44,7 +44,8 @@ from benchmarks.quantization import (  # noqa: E402
 from exporter import log  # noqa: E402
 from exporter.bench.estimate import host_ceilings  # noqa: E402
 from exporter.measure import evaluate_outputs, time_interleaved  # noqa: E402
-from exporter.pipeline import _export_for, build_profile, prepare  # noqa: E402
+from exporter.pipeline import build_profile, prepare  # noqa: E402
+from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.quant.calibration import batches  # noqa: E402
 from exporter.recipe import BenchSection  # noqa: E402
 from exporter.runtime import make_session  # noqa: E402

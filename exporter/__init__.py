@@ -32,20 +32,24 @@ def validate(recipe: str | Path, profiles_dirs: list[Path] | tuple[Path, ...] = 
 
 
 def bench(model: str | Path, profile: str, profiles_dirs: list[Path] | tuple[Path, ...] = ()) -> dict:
-    from exporter.cli import _sandboxed
+    from exporter.isolate import run_on_model
     from exporter.profiles import get_profiles
     from exporter.recipe import BenchSection
+    from exporter.sandbox_jobs import bench_job
 
     prof = get_profiles([profile], profiles_dirs)[0]
     payload = {"profile": prof.id, "profiles_dirs": [str(d) for d in profiles_dirs]}
     settings = BenchSection()
-    return _sandboxed("bench", Path(model), {**payload, "settings": settings.model_dump()}, 2 * settings.max_seconds)
+    return run_on_model(
+        bench_job, Path(model), {**payload, "settings": settings.model_dump()}, 2 * settings.max_seconds
+    )
 
 
 def inspect(model: str | Path) -> dict:
-    from exporter.cli import _sandboxed
+    from exporter.isolate import run_on_model
+    from exporter.sandbox_jobs import inspect_job
 
-    return _sandboxed("inspect", Path(model), {})
+    return run_on_model(inspect_job, Path(model), {})
 
 
 __all__ = ["build", "validate", "bench", "inspect", "__version__"]

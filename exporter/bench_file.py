@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from exporter.bench.estimate import estimate
-from exporter.bench.latency import bootstrap_interval, summarize
+from exporter.bench.judging import judge_timed
+from exporter.bench.latency import summarize
 from exporter.bench.power import SENSORS
-from exporter.bench.remote import RUNNERS, RunnerOptions, parse_runner
-from exporter.bench.verdicts import HOST, judge, overall
+from exporter.bench.remote import RUNNERS, BenchJob, RunnerOptions, parse_runner
+from exporter.bench.verdicts import HOST, overall
 from exporter.errors import UsageError
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
 from exporter.recipe import BenchSection
-from exporter.runtime import make_session, synthetic_inputs
-
-
-def synthetic_feed(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs in the model's declared shapes (dynamic dimensions as 1); the board script feeds the same."""
-    return synthetic_inputs(make_session(path), seed)
+from exporter.targets import get_target
 
 
 def _precision(path: Path) -> str:
@@ -78,7 +71,7 @@ def bench_file(
         where = parts["host"]
         latency_basis = f"device measurement (onnxruntime CPU on {runner} over ssh)"
     raw = RUNNERS[scheme](
-        path, parts, profile.threads, settings, power, options or RunnerOptions(), affinity=profile.cpu_affinity
+        BenchJob(path, profile.threads, settings, power, profile.cpu_affinity), parts, options or RunnerOptions()
     )
     if raw.power is None:
         raw_power = {"available": False, "reason": "no power sensor named (profile `power_sensor:` or --power-sensor)"}
@@ -87,27 +80,24 @@ def bench_file(
     stats = summarize(raw.samples_ms, raw.seconds)
     size_mb = path.stat().st_size / 1e6
     pct = profile.budgets.latency.percentile
-    interval = bootstrap_interval(stats.samples, pct)
-    precision = _precision(path)
-    if precision == "fp32":
-        from exporter.targets import get_target
-
-        precision = get_target(profile.target).float_compute
     on_device = stats.p50 if scheme != "local" else None
-    device = estimate(path, precision, stats.p50, raw.threads, profile.estimates, rate, device_latency_ms=on_device)
-    verdicts = judge(
-        profile.budgets,
-        latency_ms=stats.percentile(pct),
-        estimate=device,
-        latency_interval=interval,
+    judged = judge_timed(
+        path,
+        profile,
+        get_target(profile.target),
+        _precision(path),
+        stats,
+        raw.threads,
         peak_memory_mb=raw.memory.get("session_mb"),
         size_mb=size_mb,
         accuracy_drop=None,
         max_accuracy_drop=profile.budgets.max_accuracy_drop,
         measured=raw_power,
+        device_latency_ms=on_device,
         latency_basis=latency_basis,
         measured_on=where,
     )
+    interval, verdicts = judged.interval, judged.verdicts
     return {
         "model": str(path),
         "profile": profile.id,
@@ -119,18 +109,12 @@ def bench_file(
             "budget_percentile": pct,
             "basis": latency_basis,
         },
-        "device_estimate": device,
+        "device_estimate": judged.device,
         "measured_power": raw_power,
-        "power_judged_on": _judged_on(raw_power, device),
+        "power_judged_on": judged.power_judged_on,
         "memory": raw.memory,
         "size_mb": round(size_mb, 6),
         "inputs": "synthetic (seeded normal / zeros), in the declared shapes",
         "verdicts": [v.as_dict() for v in verdicts],
         "ok": overall(verdicts),
     }
-
-
-def _judged_on(measured: dict, device: dict) -> str | None:
-    if measured.get("available"):
-        return "measured"
-    return "estimate" if device.get("available") else None

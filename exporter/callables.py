@@ -5,6 +5,7 @@ A factory named in a recipe is code the user chose to run; nothing else in a bui
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib
 import importlib.util
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import UsageError
+
+# Set only by an explicit `--trust-code` on the command line (or `sources.trusting_code()` from
+# Python): code-carrying checkpoints (TorchScript) are otherwise refused. The manifest records it.
+TRUST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgex_trust_code", default=False)
 
 
 def load_callable(spec: str, base_dir: Path, where: Path, field: str) -> Callable[..., Any]:

@@ -12,12 +12,11 @@ multi-thread runs) and the output says the threshold was not calibrated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.manifest_schema import Manifest, manifest_file, read_manifest
 from exporter.recipe import BenchSection
 from exporter.runtime import host_threads
 
@@ -25,25 +24,14 @@ SIZE_TOLERANCE = 0.01  # 1% larger file
 METRIC_TOLERANCE = 1e-4  # metric units (evaluation is deterministic)
 
 
-def _load(path: Path) -> tuple[dict, Path]:
-    path = path / "manifest.json" if path.is_dir() else path
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(
-            "manifest not found", path=path, field="(file)", fix="give an edgex release folder or its manifest.json"
-        ) from None
-    except ValueError:
-        raise UsageError("not a JSON manifest", path=path, field="(file)", fix="give an edgex manifest.json") from None
-    if "schema_version" not in manifest or "profiles" not in manifest:
-        raise UsageError("not an edgex manifest", path=path, field="schema_version", fix="give an edgex manifest.json")
-    return manifest, path.parent
+def _load(path: Path) -> tuple[Manifest, Path]:
+    return read_manifest(path), manifest_file(path).parent
 
 
 def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
     """A/A and A/B p50 ratios over interleaved rounds, on one thread (where this machine repeats within ~10%;
     two-thread figures jumped 1.7x between runs), the order reversed every other round to cancel drift."""
-    from exporter.bench_file import synthetic_feed
+    from exporter.bench.board_script import synthetic_feed
     from exporter.measure import time_interleaved
 
     feed = synthetic_feed(old)
@@ -72,19 +60,19 @@ def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
 def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.10) -> dict:
     old, old_root = _load(old_path)
     new, new_root = _load(new_path)
-    old_profiles = {p["id"]: p for p in old["profiles"]}
+    old_profiles = {p.id: p for p in old.profiles}
     findings = []
-    for prof in new["profiles"]:
-        before = old_profiles.get(prof["id"])
+    for prof in new.profiles:
+        before = old_profiles.get(prof.id)
         if before is None:
             continue
-        old_variants = {v["name"]: v for v in before["variants"]}
-        for v in prof["variants"]:
-            was = old_variants.get(v["name"])
+        old_variants = {v.name: v for v in before.variants}
+        for v in prof.variants:
+            was = old_variants.get(v.name)
             if was is None:
                 continue
             checks = []
-            size_ratio = v["artifact"]["bytes"] / was["artifact"]["bytes"] - 1
+            size_ratio = v.artifact.bytes / was.artifact.bytes - 1
             checks.append(
                 {
                     "check": "size",
@@ -93,23 +81,23 @@ def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.10
                     "regression": size_ratio > SIZE_TOLERANCE,
                 }
             )
-            worse = v["metric"]["drop"] - was["metric"]["drop"]
+            worse = v.metric.drop - was.metric.drop
             checks.append(
                 {
-                    "check": f"metric ({v['metric']['name']} drop)",
+                    "check": f"metric ({v.metric.name} drop)",
                     "change": round(worse, 6),
                     "threshold": METRIC_TOLERANCE,
                     "regression": worse > METRIC_TOLERANCE,
                 }
             )
-            a, b = old_root / was["artifact"]["path"], new_root / v["artifact"]["path"]
-            threads = host_threads(v["latency_ms"].get("threads", 1))
+            a, b = old_root / was.artifact.path, new_root / v.artifact.path
+            threads = host_threads(v.latency_ms.threads)
             if a.is_file() and b.is_file():
                 lat = _calibrated_ratio(a, b, rounds, floor)
             else:
                 default = floor * (2 if threads > 1 else 1)
                 lat = {
-                    "ratio": v["latency_ms"]["p50"] / was["latency_ms"]["p50"],
+                    "ratio": v.latency_ms.p50 / was.latency_ms.p50,
                     "threshold": default,
                     "calibrated": False,
                 }
@@ -125,13 +113,13 @@ def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.10
             )
             findings.append(
                 {
-                    "profile": prof["id"],
-                    "variant": v["name"],
+                    "profile": prof.id,
+                    "variant": v.name,
                     "checks": checks,
                     "regression": any(c["regression"] for c in checks),
                 }
             )
-    missing = sorted(set(old_profiles) - {p["id"] for p in new["profiles"]})
+    missing = sorted(set(old_profiles) - {p.id for p in new.profiles})
     return {
         "old": str(old_path),
         "new": str(new_path),

@@ -91,12 +91,7 @@ def _check_npz_archive(path: Path, where: Path, field: str) -> None:
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"'{path.name}' is not a readable .npz ({type(exc).__name__})",
-            path=where,
-            field=field,
-            fix="save arrays with numpy.savez",
-        ) from None
+        raise _unreadable(path, exc, where, field) from None
     if total > NPZ_MAX_BYTES:
         raise UsageError(
             f"'{path.name}' expands to {total / 2**30:.1f} GiB (limit {NPZ_MAX_BYTES // 2**30} GiB)",
@@ -121,12 +116,16 @@ def _read_npz(path: Path, where: Path, field: str) -> dict[str, np.ndarray]:
             fix="save plain numeric arrays with numpy.savez",
         ) from None
     except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError...
-        raise UsageError(
-            f"'{path.name}' is not a readable .npz ({type(exc).__name__})",
-            path=where,
-            field=field,
-            fix="save arrays with numpy.savez",
-        ) from None
+        raise _unreadable(path, exc, where, field) from None
+
+
+def _unreadable(path: Path, exc: Exception, where: Path, field: str) -> UsageError:
+    return UsageError(
+        f"'{path.name}' is not a readable .npz ({type(exc).__name__})",
+        path=where,
+        field=field,
+        fix="save arrays with numpy.savez",
+    )
 
 
 def _sentences(source: DataSource, loaded: LoadedRecipe, field: str) -> list[str] | None:

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 
 from exporter.errors import GateFailure, UsageError
+from exporter.loaded_model import LoadedModel
 from exporter.onnx_io import save_model
 from exporter.recipe import InputSpec
 from exporter.runtime import make_session, run_all
-from exporter.sources import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -3,165 +3,95 @@
 A hostile or broken ONNX file can crash onnxruntime (a segfault takes the whole interpreter
 with it), allocate without bound or spin forever. `bench`, `inspect`, `quantize`, `diagnose` and
 the `onnx` model source therefore touch such files only in a child (`python -I -m
-exporter.isolate TASK`) whose address space is capped with RLIMIT_AS and whose wall time is
-bounded by the parent, after `prescan` has refused declared sizes no machine could hold. The
-parent turns a crash, a limit or an onnxruntime refusal into a one-line error (exit 2) and an
+exporter.isolate JOB`) whose address space is capped with RLIMIT_AS and whose wall time is
+bounded by the parent, after `onnx_io.prescan` has refused declared sizes no machine could hold.
+The parent turns a crash, a limit or an onnxruntime refusal into a one-line error (exit 2) and an
 unexpected failure of edgex itself into exit 3; it never dies with the child and never waits
 forever. Results come back as JSON (never pickle: the child is the untrusted side).
 
-Limits: EDGEX_SANDBOX_MEMORY_MB (default: 3/4 of physical memory) and
+The guard runs a job it is given; it does not import the jobs. A job is named by reference,
+`exporter.<module>:<function>`, and the child imports it only if the name is inside the
+package and the function was marked with `sandbox_job`: no other code can be run through it.
+The jobs themselves live in `exporter.sandbox_jobs`.
+
+Limits (`exporter.limits`): EDGEX_SANDBOX_MEMORY_MB (default: 3/4 of physical memory) and
 EDGEX_SANDBOX_SECONDS (default 600).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import EdgexError, GateFailure, UsageError
+from exporter.limits import MEMORY_ENV, SECONDS_ENV, Limits, limits
 
-MEMORY_ENV = "EDGEX_SANDBOX_MEMORY_MB"
-SECONDS_ENV = "EDGEX_SANDBOX_SECONDS"
-_BITS = {  # onnx.TensorProto data type -> bits per element, for declared-size checks
-    1: 32,  # FLOAT
-    2: 8,  # UINT8
-    3: 8,  # INT8
-    4: 16,  # UINT16
-    5: 16,  # INT16
-    6: 32,  # INT32
-    7: 64,  # INT64
-    9: 8,  # BOOL
-    10: 16,  # FLOAT16
-    11: 64,  # DOUBLE
-    12: 32,  # UINT32
-    13: 64,  # UINT64
-    14: 64,  # COMPLEX64
-    15: 128,  # COMPLEX128
-    16: 16,  # BFLOAT16
-    17: 8,  # FLOAT8E4M3FN
-    18: 8,
-    19: 8,
-    20: 8,
-    21: 4,  # UINT4
-    22: 4,  # INT4
-    23: 4,  # FLOAT4E2M1
-}
+JOB_PACKAGE = "exporter"
+_MARK = "__edgex_sandbox_job__"
+Job = Callable[[dict], Any]
 
 
-@dataclass(frozen=True)
-class Limits:
-    memory_mb: int
-    seconds: float
+# --------------------------------------------------------------------------- naming a job
 
 
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise UsageError(
-            f"'{raw}' is not a positive number", path="environment", field=name, fix=f"unset {name} or give a number"
-        )
-    return value
+def sandbox_job(fn: Job) -> Job:
+    """Mark FN as runnable in the child: only marked functions of edgex's own package can be."""
+    setattr(fn, _MARK, True)
+    return fn
 
 
-def limits() -> Limits:
-    """The sandbox limits from the environment (checked: a bad value is a usage error)."""
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError):
-        physical = 8192
-    # RLIMIT_AS caps address space, which runs well above resident memory (thread stacks, arenas):
-    # the default leaves room for that and still stops a model that would take the machine down.
-    default = max(1024, int(physical * 0.75))
-    return Limits(int(_env_number(MEMORY_ENV, default)), _env_number(SECONDS_ENV, 600.0))
+def _split_reference(ref: str) -> tuple[str, str]:
+    """`exporter.<module>:<function>`, every part a plain identifier, or ValueError."""
+    module, sep, name = ref.partition(":")
+    parts = module.split(".")
+    if not sep or not name.isidentifier() or parts[0] != JOB_PACKAGE or not all(p.isidentifier() for p in parts):
+        raise ValueError(f"sandbox job '{ref}' is not a function of the {JOB_PACKAGE} package (module:function)")
+    return module, name
 
 
-# --------------------------------------------------------------------------- pre-scan
+def job_reference(job: Job | str) -> str:
+    """The name the child imports JOB by; checked here so a wrong name fails before any child starts."""
+    if isinstance(job, str):
+        ref = job
+    else:
+        ref = f"{job.__module__}:{job.__qualname__}"
+        if not getattr(job, _MARK, False):
+            raise ValueError(f"'{ref}' is not marked with isolate.sandbox_job")
+    _split_reference(ref)
+    return ref
 
 
-def prescan(model: Any, path: Path, where: Path | str, field: str) -> dict:
-    """Declared sizes checked before any session: tensors whose bytes disagree with their shape,
-    negative dimensions, and weights or fixed-shape values larger than the sandbox may hold."""
-    from exporter.onnx_io import all_tensors
-
-    budget = limits().memory_mb * 2**20
-    fix = "re-export the model"
-    total = 0
-    for tensor in all_tensors(model):
-        if any(d < 0 for d in tensor.dims):
-            raise UsageError(f"tensor '{tensor.name}' declares a negative dimension", path=where, field=field, fix=fix)
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        bits = _BITS.get(tensor.data_type)
-        if bits is None:
-            continue
-        need = -(-count * bits // 8)
-        external = {e.key: e.value for e in tensor.external_data}
-        if external:
-            held = int(external.get("length") or 0)
-            if held and held != need:
-                raise UsageError(
-                    f"tensor '{tensor.name}' declares {need} bytes but its external data holds {held}",
-                    path=where,
-                    field=field,
-                    fix=fix,
-                )
-        elif tensor.HasField("raw_data") and len(tensor.raw_data) != need:
-            raise UsageError(
-                f"tensor '{tensor.name}' declares shape {list(tensor.dims)} ({need} bytes) but holds "
-                f"{len(tensor.raw_data)} bytes",
-                path=where,
-                field=field,
-                fix=fix,
-            )
-        total += need
-    if total > budget:
-        raise UsageError(
-            f"'{path.name}' declares {total / 2**20:.0f} MB of weights, over the sandbox memory limit "
-            f"({budget // 2**20} MB)",
-            path=where,
-            field=field,
-            fix=f"raise {MEMORY_ENV} if the model is genuine",
-        )
-    graph = model.graph
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        tt = value.type.tensor_type
-        dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
-        if not dims or len(dims) != len(tt.shape.dim) or any(d < 0 for d in dims):
-            continue
-        count = 1
-        for d in dims:
-            count *= d
-        need = -(-count * _BITS.get(tt.elem_type, 8) // 8)
-        if need > budget:
-            raise UsageError(
-                f"value '{value.name}' declares shape {dims} ({need / 2**20:.0f} MB), over the sandbox memory "
-                f"limit ({budget // 2**20} MB)",
-                path=where,
-                field=field,
-                fix=f"fix the declared shape, or raise {MEMORY_ENV} if it is genuine",
-            )
-    return {"weight_bytes": total}
+def resolve_job(ref: str) -> Job:
+    """Child side: import the job REF names, refusing anything but a marked function of edgex."""
+    module, name = _split_reference(ref)
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn) or not getattr(fn, _MARK, False):
+        raise ValueError(f"'{ref}' is not a sandbox job (mark it with isolate.sandbox_job)")
+    return fn
 
 
 # --------------------------------------------------------------------------- the parent side
 
 
-def run_isolated(task: str, payload: dict, model: Path, field: str = "model", seconds: float | None = None) -> Any:
-    """Run TASK(payload) in a limited child; its JSON result, or the child's error raised here."""
+def run_on_model(job: Job | str, model: Path, payload: dict, extra_seconds: float = 0.0, field: str = "model") -> Any:
+    """A model given by the user (command line or Python API): checked here, then run only in the child."""
+    from exporter.onnx_io import check_onnx_file
+
+    check_onnx_file(model, field=field)
+    seconds = limits().seconds + extra_seconds
+    return run_isolated(job, {"path": str(model), **payload}, model, field=field, seconds=seconds)
+
+
+def run_isolated(job: Job | str, payload: dict, model: Path, field: str = "model", seconds: float | None = None) -> Any:
+    """Run JOB(payload) in a limited child; its JSON result, or the child's error raised here."""
+    ref = job_reference(job)
     lim = limits()
     timeout = seconds if seconds is not None else lim.seconds
     env = dict(os.environ)
@@ -170,7 +100,7 @@ def run_isolated(task: str, payload: dict, model: Path, field: str = "model", se
 
     env["EDGEX_SANDBOX_VERBOSITY"] = str(log._level)
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "exporter.isolate", task],
+        [sys.executable, "-I", "-m", "exporter.isolate", ref],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=None,  # progress lines go straight to the user's stderr
@@ -244,112 +174,10 @@ def _result(code: int, out: bytes, model: Path, field: str, lim: Limits) -> Any:
     )
 
 
-def probe(model: Path, field: str = "model", threads: int = 1) -> dict:
-    """Create a session for MODEL and run it once on seeded inputs of its declared shapes, in the sandbox."""
-    return run_isolated("probe", {"path": str(model), "threads": threads, "field": field}, model, field)
-
-
 # --------------------------------------------------------------------------- the child side
 
 
-def _task_probe(p: dict) -> dict:
-    from exporter.runtime import make_session, synthetic_inputs
-
-    session = _session(Path(p["path"]), p["field"], p.get("threads", 1), make_session)
-    feed = synthetic_inputs(session)
-    try:
-        outs = session.run(None, feed)
-    except Exception as exc:
-        raise _runtime_refusal(exc, Path(p["path"]), p["field"]) from None
-    import numpy as np
-
-    return {
-        "inputs": {k: list(v.shape) for k, v in feed.items()},
-        "outputs": [list(np.shape(o)) for o in outs],
-        "finite": all(bool(np.isfinite(o).all()) for o in outs if isinstance(o, np.ndarray) and o.dtype.kind in "fc"),
-    }
-
-
-def _session(path: Path, field: str, threads: int, make: Callable):
-    try:
-        return make(path, threads)
-    except Exception as exc:
-        raise _runtime_refusal(exc, path, field) from None
-
-
-def _runtime_refusal(exc: BaseException, path: Path, field: str) -> Exception:
-    if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
-        return MemoryError(str(exc).splitlines()[0][:300] if str(exc) else "allocation failed")
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return UsageError(
-        f"onnxruntime cannot run this model ({type(exc).__name__}: {first})",
-        path=path,
-        field=field,
-        fix="re-export the model; `edgex inspect` shows what it declares",
-    )
-
-
-def _task_bench(p: dict) -> dict:
-    from exporter.bench_file import bench_file
-    from exporter.profiles import get_profiles
-    from exporter.recipe import BenchSection
-
-    prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
-    return _guarded(
-        Path(p["path"]),
-        lambda: bench_file(Path(p["path"]), prof, BenchSection(**p["settings"]), power_sensor=p.get("power_sensor")),
-    )
-
-
-def _task_inspect(p: dict) -> dict:
-    from exporter.graph_stats import inspect_model
-
-    return inspect_model(Path(p["path"]))
-
-
-def _task_quantize(p: dict) -> dict:
-    from exporter.profiles import get_profiles
-    from exporter.quant.standalone import quantize_file
-
-    prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
-    args = dict(p["args"])
-    for key in ("calibration", "out", "evaluation"):
-        if args.get(key) is not None:
-            args[key] = Path(args[key])
-    return _guarded(Path(p["path"]), lambda: quantize_file(Path(p["path"]), prof, **args))
-
-
-def _task_diagnose(p: dict) -> dict:
-    from exporter.bench_file import synthetic_feed
-    from exporter.quant.diagnose import diagnose
-
-    path = Path(p["path"])
-    fp32 = Path(p["fp32"]) if p.get("fp32") else None
-    return _guarded(path, lambda: diagnose(path, synthetic_feed(path), fp32))
-
-
-def _guarded(path: Path, fn: Callable[[], Any]) -> Any:
-    """onnxruntime's own refusals of a given model are the model's problem (exit 2), not edgex's."""
-    try:
-        return fn()
-    except EdgexError:
-        raise
-    except Exception as exc:
-        if type(exc).__module__.startswith("onnxruntime"):
-            raise _runtime_refusal(exc, path, "model") from None
-        raise
-
-
-TASKS: dict[str, Callable[[dict], Any]] = {
-    "probe": _task_probe,
-    "bench": _task_bench,
-    "inspect": _task_inspect,
-    "quantize": _task_quantize,
-    "diagnose": _task_diagnose,
-}
-
-
-def _child(task: str) -> int:
+def _child(ref: str) -> int:
     import resource
 
     limit = int(os.environ.get("EDGEX_SANDBOX_CHILD_MB", "8192")) * 2**20
@@ -361,7 +189,7 @@ def _child(task: str) -> int:
     sys.stdout = sys.stderr
     payload = json.loads(sys.stdin.read())
     try:
-        result = {"result": TASKS[task](payload)}
+        result = {"result": resolve_job(ref)(payload)}
     except MemoryError as exc:
         result = {"error": {"kind": "memory", "message": str(exc) or "allocation failed"}}
     except UsageError as exc:

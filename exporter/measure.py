@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter import log
+from exporter.bench.board_script import block_limits, timed_block
 from exporter.bench.latency import LatencyStats, summarize
 from exporter.bench.memory import peak_memory
 from exporter.bench.power import Meter, meter_for
@@ -92,8 +93,6 @@ def _time_interleaved(
     rounds: int,
     meter: Meter | None,
 ) -> dict[str, LatencyStats]:
-    import time
-
     sessions = {name: make_session(p, threads) for name, p in paths.items()}
     # Each model gets the inputs it declares (a fused and an unfused export may differ in optional ones).
     feeds = {name: {i.name: feed[i.name] for i in s.get_inputs()} for name, s in sessions.items()}
@@ -102,26 +101,15 @@ def _time_interleaved(
     for name, sess in sessions.items():
         for _ in range(settings.warmup_runs):
             sess.run(None, feeds[name])
-    per_runs = max(1, -(-settings.min_runs // rounds))
-    per_secs, max_secs = settings.min_seconds / rounds, settings.max_seconds / rounds
-    clock = time.perf_counter_ns
+    limits = block_limits(settings.min_runs, settings.min_seconds, settings.max_seconds, rounds)
     if meter is not None:
         meter.idle()
     for _ in range(rounds):
         for name, sess in sessions.items():
             if meter is not None:
                 meter.block_start(name)
-            run, times, one, start = sess.run, samples[name], feeds[name], clock()
-            count = 0
-            while True:
-                t0 = clock()
-                run(None, one)
-                t1 = clock()
-                times.append((t1 - t0) / 1e6)
-                count += 1
-                if (count >= per_runs and t1 - start >= per_secs * 1e9) or t1 - start >= max_secs * 1e9:
-                    break
-            seconds[name] += (clock() - start) / 1e9
+            count, spent = timed_block(sess.run, feeds[name], limits, samples[name])
+            seconds[name] += spent
             if meter is not None:
                 meter.block_stop(name, count)
     for name in paths:

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from exporter.errors import UsageError
+from exporter.limits import MEMORY_ENV, limits
 
 LFS_POINTER = b"version https://git-lfs"
 
@@ -20,6 +21,30 @@ LFS_POINTER = b"version https://git-lfs"
 EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
 # A protobuf file is capped at 2 GiB; larger models carry their weights as external data.
 PROTO_LIMIT = 2**31 - 1
+BITS_PER_ELEMENT = {  # onnx.TensorProto data type -> bits per element, for declared-size checks
+    1: 32,  # FLOAT
+    2: 8,  # UINT8
+    3: 8,  # INT8
+    4: 16,  # UINT16
+    5: 16,  # INT16
+    6: 32,  # INT32
+    7: 64,  # INT64
+    9: 8,  # BOOL
+    10: 16,  # FLOAT16
+    11: 64,  # DOUBLE
+    12: 32,  # UINT32
+    13: 64,  # UINT64
+    14: 64,  # COMPLEX64
+    15: 128,  # COMPLEX128
+    16: 16,  # BFLOAT16
+    17: 8,  # FLOAT8E4M3FN
+    18: 8,
+    19: 8,
+    20: 8,
+    21: 4,  # UINT4
+    22: 4,  # INT4
+    23: 4,  # FLOAT4E2M1
+}
 
 
 def _refuse(message: str, where: Path | str, field: str, fix: str) -> UsageError:
@@ -71,10 +96,75 @@ def check_onnx_file(path: Path, where: Path | str | None = None, field: str = "m
     except Exception as exc:
         msg = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise _refuse(f"'{path.name}' fails the ONNX checker ({msg})", where, field, "re-export the model") from None
-    from exporter.isolate import prescan
-
     prescan(model, path, where, field)
     return model
+
+
+def prescan(model: onnx.ModelProto, path: Path, where: Path | str, field: str) -> dict:
+    """Declared sizes checked before any session: tensors whose bytes disagree with their shape,
+    negative dimensions, and weights or fixed-shape values larger than the sandbox may hold.
+
+    onnxruntime trusts what a file declares and allocates accordingly; a refusal here is one
+    line naming the tensor, where a session would be an out-of-memory kill with no name."""
+    budget = limits().memory_mb * 2**20
+    fix = "re-export the model"
+    total = 0
+    for tensor in all_tensors(model):
+        if any(d < 0 for d in tensor.dims):
+            raise _refuse(f"tensor '{tensor.name}' declares a negative dimension", where, field, fix)
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        bits = BITS_PER_ELEMENT.get(tensor.data_type)
+        if bits is None:
+            continue
+        need = -(-count * bits // 8)
+        external = {e.key: e.value for e in tensor.external_data}
+        if external:
+            held = int(external.get("length") or 0)
+            if held and held != need:
+                raise _refuse(
+                    f"tensor '{tensor.name}' declares {need} bytes but its external data holds {held}",
+                    where,
+                    field,
+                    fix,
+                )
+        elif tensor.HasField("raw_data") and len(tensor.raw_data) != need:
+            raise _refuse(
+                f"tensor '{tensor.name}' declares shape {list(tensor.dims)} ({need} bytes) but holds "
+                f"{len(tensor.raw_data)} bytes",
+                where,
+                field,
+                fix,
+            )
+        total += need
+    if total > budget:
+        raise _refuse(
+            f"'{path.name}' declares {total / 2**20:.0f} MB of weights, over the sandbox memory limit "
+            f"({budget // 2**20} MB)",
+            where,
+            field,
+            f"raise {MEMORY_ENV} if the model is genuine",
+        )
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        tt = value.type.tensor_type
+        dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
+        if not dims or len(dims) != len(tt.shape.dim) or any(d < 0 for d in dims):
+            continue
+        count = 1
+        for d in dims:
+            count *= d
+        need = -(-count * BITS_PER_ELEMENT.get(tt.elem_type, 8) // 8)
+        if need > budget:
+            raise _refuse(
+                f"value '{value.name}' declares shape {dims} ({need / 2**20:.0f} MB), over the sandbox memory "
+                f"limit ({budget // 2**20} MB)",
+                where,
+                field,
+                f"fix the declared shape, or raise {MEMORY_ENV} if it is genuine",
+            )
+    return {"weight_bytes": total}
 
 
 def _check_external(tensor: onnx.TensorProto, folder: Path, where: Path | str, field: str) -> None:

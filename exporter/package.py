@@ -9,6 +9,7 @@ device with onnxruntime).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter import log
 from exporter.digest import sha256_file
+from exporter.recipe import BenchSection
 from exporter.runtime import make_session, run_all
 from exporter.targets import Target
 
@@ -236,3 +239,96 @@ def runtime_json(
         "files": files,
         "reference_check": {"script": "reference/check_reference.py", **check},
     }
+
+
+PACKAGE_BENCH = BenchSection(warmup_runs=3, min_runs=20, min_seconds=0.2, max_seconds=5.0)
+
+
+def preflight_and_package(
+    profile_id: str, target: Target, paths: dict[str, Path], inputs: dict[str, np.ndarray], threads: int
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Operator coverage of every variant, and its device package (.ort where the target wants it)."""
+    from exporter.preflight import preflight
+
+    checks, packages = {}, {}
+    for name, path in paths.items():
+        checks[name] = preflight(path, target)
+        pf = checks[name]
+        if pf["cpu_fallback_nodes"]:
+            ops = ", ".join(f"{op}x{n}" for op, n in pf["unsupported_ops"].items())
+            log.info(
+                f"[{profile_id}] preflight {name}: {pf['cpu_fallback_nodes']} of {pf['nodes']} nodes fall back "
+                f"to the CPU ({ops}); {pf['partitions']} accelerator partition(s)"
+            )
+        if target.package_format == "ort":
+            log.info(f"[{profile_id}] package {name} as ORT format ({target.ort_optimization_style} optimizations)")
+            ort_path, config, reproducible = to_ort(path, path.parent, target.ort_optimization_style)
+            parity = package_parity(path, ort_path, inputs, threads, PACKAGE_BENCH)
+            packages[name] = {
+                "path": f"{profile_id}/{ort_path.name}",
+                "format": "ort",
+                "required_operators": f"{profile_id}/{config.name}",
+                "parity": parity,
+                "reproducible": reproducible,  # False where setarch is missing: the .ort bytes may vary
+            }
+        else:
+            packages[name] = {"path": f"{profile_id}/{path.name}", "format": "onnx"}
+    return checks, packages
+
+
+def ship(
+    folder: Path,
+    profile,
+    target: Target,
+    model_file: str,
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    files: dict,
+    notes: dict,
+    shapes: dict[str, list[int]],
+) -> dict:
+    """runtime.json and the reference bundle for the variant that ships."""
+    check = reference_bundle(folder, folder / model_file, inputs, threads)
+    session = make_session(folder / model_file, threads)
+    runtime = runtime_json(profile, target, model_file, session, notes, files, check, shapes)
+    (folder / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return runtime
+
+
+def stamp(
+    src: Path,
+    dest: Path,
+    recipe_sha256: str,
+    seed: int,
+    profile_id: str,
+    target: Target,
+    variant: str,
+    produced_by: dict,
+) -> None:
+    """Provenance inside each shipped model (metadata_props), so a file found on a device says where it came from."""
+    import onnx
+
+    from exporter.onnx_io import save_model
+    from exporter.versions import source_date_epoch, tool_versions
+
+    versions = tool_versions()
+    model = onnx.load(str(src))
+    facts = {
+        "edgex.version": versions["edgex"],
+        "edgex.recipe_sha256": recipe_sha256,
+        "edgex.profile": profile_id,
+        "edgex.target": target.id,
+        "edgex.execution_provider": target.execution_provider,
+        "edgex.variant": variant,
+        "edgex.seed": str(seed),
+        "edgex.onnxruntime": versions["onnxruntime"],
+        "edgex.onnx": versions["onnx"],
+        "edgex.torch": versions["torch"],
+    }
+    if "calibration_sha256" in produced_by:
+        facts["edgex.calibration_sha256"] = produced_by["calibration_sha256"]
+    facts["edgex.opset"] = str(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0))
+    epoch = source_date_epoch()
+    if epoch is not None:
+        facts["edgex.source_date_epoch"] = epoch
+    save_model(model, dest, metadata=facts)

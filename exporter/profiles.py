@@ -172,6 +172,15 @@ def all_profiles(extra: list[Path] | tuple[Path, ...] = ()) -> dict[str, DeviceP
     return found
 
 
+def refuse_repeated(ids: list[str], where: Path | str) -> None:
+    """A profile listed twice would build (and time) twice into one folder: refused before any work."""
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise UsageError(
+            f"profile(s) {', '.join(dupes)} listed twice", path=where, field="profiles", fix="list each profile once"
+        )
+
+
 def get_profiles(
     ids: list[str], extra: list[Path] | tuple[Path, ...] = (), where: Path | str = "--profile"
 ) -> list[DeviceProfile]:

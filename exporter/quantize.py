@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from exporter.data import Dataset
 from exporter.errors import UsageError
 from exporter.onnx_io import save_model
 from exporter.quant.calibration import FeedReader, batches, bounded_samples
-from exporter.quant.qdq_graph import keep_float
+from exporter.quant.qdq_graph import float_compute_nodes, keep_float
 from exporter.quant.search import Evaluate, search
 from exporter.quant.speed import LADDER, TOLERANCE, time_ratio
 from exporter.recipe import QuantizeSection
@@ -47,23 +46,6 @@ _METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "distribution": CalibrationMethod.Distribution,
 }
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-# Ops that only move or reshape data: reported separately, they cost nothing in float.
-_LAYOUT_OPS = {
-    "Reshape",
-    "Flatten",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Shape",
-    "Gather",
-    "Concat",
-    "Identity",
-    "Constant",
-    "Slice",
-    "Split",
-    "Cast",
-}
 
 
 @dataclass(frozen=True)
@@ -79,23 +61,6 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     search: dict | None = None  # the accuracy search: steps, tensors kept out of INT8, whether it met the budget
     speed_guard: dict | None = None
-
-
-def float_compute_nodes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """Split compute nodes into quantized (fed by DequantizeLinear) and kept in float."""
-    producers = {out: node.op_type for node in model.graph.node for out in node.output}
-    quantized: Counter[str] = Counter()
-    floating: Counter[str] = Counter()
-    for node in model.graph.node:
-        if node.op_type in _QDQ_OPS or node.op_type in _LAYOUT_OPS:
-            continue
-        if node.op_type.startswith("QLinear") or node.op_type in ("ConvInteger", "MatMulInteger"):
-            quantized[node.op_type] += 1
-        elif node.input and producers.get(node.input[0]) == "DequantizeLinear":
-            quantized[node.op_type] += 1
-        else:
-            floating[node.op_type] += 1
-    return dict(sorted(quantized.items())), dict(sorted(floating.items()))
 
 
 def quantize_int8(

@@ -11,32 +11,32 @@ timing fields (see docs/ARCHITECTURE.md). Latency-budget pruning (`compress:` wi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.digest import sha256_file
 from exporter.errors import UsageError
+from exporter.manifest_schema import Manifest, Profile, manifest_file, read_manifest
 
 
 @dataclass(frozen=True)
 class Replay:
     path: Path
     sha256: str
-    manifest: dict
+    manifest: Manifest
 
-    def _profile(self, profile_id: str) -> dict | None:
-        return next((p for p in self.manifest.get("profiles", []) if p.get("id") == profile_id), None)
+    def _profile(self, profile_id: str) -> Profile | None:
+        return next((p for p in self.manifest.profiles if p.id == profile_id), None)
 
     def deliverable(self, profile_id: str) -> str | None:
         prof = self._profile(profile_id)
-        return None if prof is None else prof.get("deliverable")
+        return None if prof is None else prof.deliverable
 
     def speed_guard(self, profile_id: str) -> dict | None:
-        prof = self._profile(profile_id) or {}
-        for v in prof.get("variants", []):
-            if v.get("name") == "int8":
-                return (v.get("produced_by") or {}).get("speed_guard")
+        prof = self._profile(profile_id)
+        for v in prof.variants if prof is not None else []:
+            if v.name == "int8":
+                return v.produced_by.get("speed_guard")
         return None
 
     def record(self) -> dict:
@@ -45,23 +45,16 @@ class Replay:
 
 def load_replay(path: Path, recipe_sha256: str, profile_ids: list[str]) -> Replay:
     """The earlier manifest, refused unless it was built from this very recipe and these profiles."""
-    path = path / "manifest.json" if path.is_dir() else path
-    fix = "give the manifest.json of an earlier build of this recipe"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        built_from = manifest["recipe"]["sha256"]
-        old_ids = [p["id"] for p in manifest["profiles"]]
-    except FileNotFoundError:
-        raise UsageError("manifest not found", path=path, field="--replay", fix=fix) from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError("not an edgex manifest", path=path, field="--replay", fix=fix) from None
-    if built_from != recipe_sha256:
+    path = manifest_file(path)
+    manifest = read_manifest(path)
+    if manifest.recipe.sha256 != recipe_sha256:
         raise UsageError(
             "this manifest was built from a different recipe (its sha256 differs)",
             path=path,
             field="recipe.sha256",
             fix="replay only a build of the same recipe file",
         )
+    old_ids = [p.id for p in manifest.profiles]
     missing = [i for i in profile_ids if i not in old_ids]
     if missing:
         raise UsageError(

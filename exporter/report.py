@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter.bench.affinity import describe
-from exporter.bench.estimate import FORMULA
+from exporter.estimate_text import FORMULA
 
 PLOT = "latency_vs_accuracy.png"
 

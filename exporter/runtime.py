@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from exporter.bench.board_script import open_session
+
 
 def host_threads(requested: int) -> int:
     """The profile's thread count, capped at the host's cores (recorded next to each result)."""
@@ -28,21 +30,8 @@ EVALUATION_MODES = {
 
 
 def make_session(path: Path, threads: int = 1, mode: str = "deployed") -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = EVALUATION_MODES[mode]
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def synthetic_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs in the session's declared shapes (dynamic dimensions as 1): normal floats, zero
-    integers. The board script's own function, so a board and this host time the same inputs."""
-    from exporter.bench.board_script import synthetic_feed
-
-    return synthetic_feed(session.get_inputs(), seed)
+    """The board script's session (the same options wherever edgex times), at the mode's optimisation level."""
+    return open_session(path, threads, EVALUATION_MODES[mode])
 
 
 def fixed_batch(session: ort.InferenceSession) -> int | None:

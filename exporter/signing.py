@@ -9,12 +9,11 @@ declaring it).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from exporter.errors import UsageError
 from exporter.manifest import MANIFEST
+from exporter.staging import atomic_file
 
 SIGNATURE = "manifest.sig"
 
@@ -50,9 +49,7 @@ def sign_release(folder: Path, private_key: Path, password: str | None = None) -
     manifest = _manifest(folder)
     if not private_key.is_file():
         raise UsageError("private key not found", path=private_key, field="--key", fix="give a PEM private key file")
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.sig.", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_file(folder / SIGNATURE) as tmp:
         try:
             signing.Config().use_elliptic_key_signer(private_key=private_key, password=password).sign(manifest, tmp)
         except (ValueError, TypeError) as exc:
@@ -62,10 +59,6 @@ def sign_release(folder: Path, private_key: Path, password: str | None = None) -
                 field="--key",
                 fix="give an unencrypted EC private key in PEM (or its password in the environment)",
             ) from None
-        os.replace(tmp, folder / SIGNATURE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return folder / SIGNATURE
 
 

@@ -6,21 +6,16 @@ anything else refused.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.callables import call_user
+from exporter.callables import TRUST_CODE, call_user
 from exporter.digest import sha256_file
 from exporter.errors import UsageError
+from exporter.loaded_model import LoadedModel
 from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
-
-# Set only by an explicit `--trust-code` on the command line (or `trusting_code()` from Python):
-# code-carrying checkpoints (TorchScript) are otherwise refused.
-TRUST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgex_trust_code", default=False)
 
 
 @contextmanager
@@ -31,15 +26,6 @@ def trusting_code(trust: bool = True) -> Iterator[None]:
         yield
     finally:
         TRUST_CODE.reset(token)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    kind: str  # "torch" | "onnx"
-    module: Any = None  # torch.nn.Module in eval mode
-    onnx_path: Path | None = None
-    weights_sha256: str | None = None
-    hf: Any = None  # exporter.hf.source.HFModel for Hugging Face folders
 
 
 def _load_state_dict(path: Path, where: Path) -> dict[str, Any]:
@@ -188,7 +174,7 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
             field="inputs",
             fix="name the recipe's inputs after the model's",
         )
-    from exporter.isolate import probe
+    from exporter.sandbox_jobs import probe
     from exporter.numerics import check_initializers
 
     check_initializers(model, loaded.path, "model.path")

@@ -41,6 +41,18 @@ def check_output(final: Path) -> Path:
     return final
 
 
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Where to write `path`: the same file name in a fresh hidden folder beside it (same filesystem),
+    renamed onto `path` in one step when the block succeeds, so a reader sees the old file or the
+    new one and never half of one. When the block fails, nothing is left behind."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.edgex-", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        yield staged
+        os.replace(staged, path)
+
+
 def _is_release(folder: Path) -> bool:
     """A previous edgex build: its manifest names our schema. Anything else is never deleted."""
     import json

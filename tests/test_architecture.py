@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "exporter.pipeline": 3,
     "exporter.validate": 3,
     "exporter.sources": 2,
+    "exporter.loaded_model": 2,
     "exporter.hf": 2,
     "exporter.hf.text": 0,  # text corpora are data, read by data.py
     "exporter.compress": 2,
@@ -37,7 +38,9 @@ LAYERS: dict[str, int] = {
     "exporter.measure": 2,
     "exporter.bench": 2,
     "exporter.bench_file": 2,
+    "exporter.sandbox_jobs": 2,  # the jobs the sandbox (a foundation) runs by reference
     "exporter.manifest": 1,
+    "exporter.manifest_schema": 1,
     "exporter.report": 1,
     "exporter.replay": 1,
     "exporter.junit": 1,

@@ -13,7 +13,8 @@ from torch import nn
 
 from exporter.compress.channels import costs, prune_channels, replay
 from exporter.compress.distill import cosine_loss, distill, hidden_loss, kd_loss
-from exporter.recipe import DistillStep, InputSpec, PruneStep
+from exporter.recipe import InputSpec
+from exporter.recipe_steps import DistillStep, PruneStep
 from exporter.runtime import make_session
 
 

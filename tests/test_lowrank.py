@@ -13,7 +13,7 @@ from torch import nn
 
 from exporter.compress import lowrank
 from exporter.compress.distill import mse_loss
-from exporter.recipe import StudentStep, compress_order_problem
+from exporter.recipe_steps import StudentStep, compress_order_problem
 from exporter.runtime import make_session
 
 torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_compress_order(kinds, ok):
 
 
 def test_even_students_keep_first_and_last_layers():
-    from exporter.compress import student_layers
+    from exporter.compress.student import student_layers
 
     assert student_layers(StudentStep(depth=3), 6) == [0, 2, 5]
     assert student_layers(StudentStep(depth=1), 6) == [5]

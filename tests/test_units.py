@@ -15,7 +15,7 @@ from exporter.export import check_parity
 from exporter.graph_stats import count_macs
 from exporter.metrics import accuracy_drop, cosine, mse, top1
 from exporter.profiles import Budgets
-from exporter.quantize import float_compute_nodes
+from exporter.quant.qdq_graph import float_compute_nodes
 
 
 def test_metrics():
@@ -118,7 +118,7 @@ def test_shape_inference_that_gives_up_writes_nothing_into_the_working_folder(tm
 
 
 def test_deliverable_ties_go_to_the_smaller_file_and_clear_wins_to_the_faster():
-    from exporter.pipeline import _choose_deliverable
+    from exporter.pipeline import choose_deliverable as _choose_deliverable
     from exporter.targets import get_target
 
     def variant(name, p50, size, precision="int8", ok=True):

@@ -23,18 +23,7 @@ def test_untouched_release_verifies(release):
     assert result["ok"] and result["files"] >= 10 and result["problems"] == []
 
 
-def test_one_flipped_byte_in_any_file_is_caught(release):
-    files = [f["path"] for f in json.loads((release / "manifest.json").read_text())["files"]]
-    for rel in files:
-        path = release / rel
-        original = path.read_bytes()
-        data = bytearray(original)
-        data[len(data) // 2] ^= 0x01
-        path.write_bytes(bytes(data))
-        proc = run_cli("verify", str(release), "--json")
-        path.write_bytes(original)
-        assert proc.returncode == 1, rel
-        assert json.loads(proc.stdout)["problems"][0]["path"] == rel
+# One flipped byte in any file, the manifest included: tests/hostile/test_integrity.py.
 
 
 def test_missing_and_extra_files_are_caught(release):

@@ -7,7 +7,8 @@ does (two blocks, each at least half the runs and half the seconds), reads the p
 RSS, and prints one JSON line: raw samples and facts, which the host turns into the same result a
 local run gives. Python 3.8 compatible (JetPack 5 ships 3.8).
 
-`synthetic_feed` is also what a local `edgex bench` feeds, so both runs time the same query.
+`synthetic_feed`, `open_session` and `timed_block` are also what edgex uses on the host (a local
+`edgex bench`, a build's interleaved timing), so both time the same query with the same rule.
 """
 
 from __future__ import annotations
@@ -30,10 +31,29 @@ NUMPY_TYPES = {
 }
 
 
-def synthetic_feed(inputs, seed: int = 0) -> dict:
-    """Seeded inputs in the declared shapes (dynamic dimensions as 1): normal floats, zero integers."""
+def open_session(path: str, threads: int = 1, level=None):
+    """The single-stream CPU session every timing uses: `threads` intra-op threads, one inter-op,
+    sequential, every graph optimisation unless `level` says otherwise."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def synthetic_feed(model, seed: int = 0) -> dict:
+    """Seeded inputs in the declared shapes (dynamic dimensions as 1): normal floats, zero integers.
+
+    `model`: a model file, an onnxruntime session, or the session's `get_inputs()`."""
     import numpy as np
 
+    if isinstance(model, (str, os.PathLike)):
+        model = open_session(os.fspath(model))
+    inputs = model.get_inputs() if hasattr(model, "get_inputs") else model
     rng = np.random.default_rng(seed)
     feed = {}
     for inp in inputs:
@@ -46,7 +66,31 @@ def synthetic_feed(inputs, seed: int = 0) -> dict:
     return feed
 
 
-def _status_mb(key: str):
+def block_limits(min_runs: int, min_seconds: float, max_seconds: float, rounds: int) -> tuple:
+    """Each of `rounds` blocks gets its share of the minimum runs (rounded up) and of the seconds."""
+    return max(1, -(-int(min_runs) // rounds)), float(min_seconds) / rounds, float(max_seconds) / rounds
+
+
+def timed_block(run, feed: dict, limits: tuple, samples: list) -> tuple:
+    """One block of single-stream queries, each after the previous one: it ends once it has both
+    its runs and its seconds, or at its maximum seconds. Appends each query's milliseconds to
+    `samples`; returns (queries, seconds)."""
+    per_runs, per_secs, max_secs = limits
+    clock = time.perf_counter_ns
+    start, count = clock(), 0
+    while True:
+        t0 = clock()
+        run(None, feed)
+        t1 = clock()
+        samples.append((t1 - t0) / 1e6)
+        count += 1
+        if (count >= per_runs and t1 - start >= per_secs * 1e9) or t1 - start >= max_secs * 1e9:
+            break
+    return count, (clock() - start) / 1e9
+
+
+def status_mb(key: str):
+    """A /proc/self/status figure in MB (VmRSS now, VmHWM the peak so far); None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -73,15 +117,9 @@ def run(folder: str, settings: dict) -> dict:
     if pinning["applied"]:  # before the session: its pool threads inherit the mask (a throwaway process)
         os.sched_setaffinity(0, pinning["applied"])
     threads = max(1, min(int(settings["threads"]), os.cpu_count() or 1))
-    before = _status_mb("VmRSS")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(os.path.join(folder, "model.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
-    feed = synthetic_feed(sess.get_inputs(), int(settings.get("seed", 0)))
+    before = status_mb("VmRSS")
+    sess = open_session(os.path.join(folder, "model.onnx"), threads)
+    feed = synthetic_feed(sess, int(settings.get("seed", 0)))
     meter, power = None, None
     spec = settings.get("power")
     if spec:
@@ -98,30 +136,20 @@ def run(folder: str, settings: dict) -> dict:
     for _ in range(int(settings["warmup_runs"])):
         sess.run(None, feed)
     rounds = 2
-    per_runs = max(1, -(-int(settings["min_runs"]) // rounds))
-    per_secs, max_secs = float(settings["min_seconds"]) / rounds, float(settings["max_seconds"]) / rounds
-    clock = time.perf_counter_ns
+    limits = block_limits(settings["min_runs"], settings["min_seconds"], settings["max_seconds"], rounds)
     samples, seconds = [], 0.0
     if meter is not None:
         meter.idle()
     for _ in range(rounds):
         if meter is not None:
             meter.block_start("model")
-        run_fn, start, count = sess.run, clock(), 0
-        while True:
-            t0 = clock()
-            run_fn(None, feed)
-            t1 = clock()
-            samples.append((t1 - t0) / 1e6)
-            count += 1
-            if (count >= per_runs and t1 - start >= per_secs * 1e9) or t1 - start >= max_secs * 1e9:
-                break
-        seconds += (clock() - start) / 1e9
+        count, spent = timed_block(sess.run, feed, limits, samples)
+        seconds += spent
         if meter is not None:
             meter.block_stop("model", count)
     if meter is not None:
         power = meter.result("model", spec.get("rate_hz_budget"))
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     memory = {
         "peak_rss_mb": round(peak, 2) if peak is not None else None,
         "baseline_rss_mb": round(before, 2) if before is not None else None,

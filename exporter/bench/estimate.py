@@ -24,41 +24,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from exporter.estimate_text import FORMULA, METHOD, METHOD_ON_DEVICE
 from exporter.graph_stats import count_macs
-
-METHOD = "estimate: roofline (compute, DRAM) scaled by host efficiency + per-op energy (see exporter/bench/estimate.py)"
-METHOD_ON_DEVICE = (
-    "estimate: per-op energy (profile constants) + static power x the latency measured on the device "
-    "(see exporter/bench/estimate.py)"
-)
-FORMULA = (
-    "latency = max(MACs / compute_gmacs, bytes / dram_gbps) / host efficiency (or as measured on the device); "
-    "energy = MACs x pj_per_mac + bytes x pj_per_dram_byte + static_power_w x latency; "
-    "power(rate) = static_power_w + (MACs x pj_per_mac + bytes x pj_per_dram_byte) x rate"
-)
-_ITEMSIZE = {
-    onnx.TensorProto.FLOAT: 4,
-    onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.INT64: 8,
-    onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.UINT8: 1,
-    onnx.TensorProto.INT8: 1,
-    onnx.TensorProto.BOOL: 1,
-    onnx.TensorProto.UINT16: 2,
-    onnx.TensorProto.INT16: 2,
-}
+from exporter.onnx_io import BITS_PER_ELEMENT
 
 
 def traffic_bytes(model: onnx.ModelProto) -> int:
     """Initializers read once, every activation written once and read once."""
-    weights = sum(int(np.prod(i.dims)) * _ITEMSIZE.get(i.data_type, 4) for i in model.graph.initializer)
+    weights = sum(_bytes(i.data_type, int(np.prod(i.dims))) for i in model.graph.initializer)
     inferred = onnx.shape_inference.infer_shapes(model)
     acts = 0
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = vi.type.tensor_type
         dims = [d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim]
-        acts += int(np.prod(dims)) * _ITEMSIZE.get(t.elem_type, 4)
+        acts += _bytes(t.elem_type, int(np.prod(dims)))
     return weights + 2 * acts
+
+
+def _bytes(data_type: int, count: int) -> int:
+    """Packed size; a type the table does not know (or an unknown activation type) counts as 32-bit."""
+    return -(-count * BITS_PER_ELEMENT.get(data_type, 32) // 8)
 
 
 @lru_cache(maxsize=8)

@@ -1,7 +1,8 @@
 """Latency statistics of a single-stream run (MLPerf style: each query after the previous one).
 
-The timing loop itself is `exporter.measure.time_interleaved`; this module turns its raw samples
-into percentiles and a seeded bootstrap interval of the percentile a budget names.
+The timing loop itself is `exporter.bench.board_script.timed_block` (the host and boards run the
+same one); this module turns its raw samples into percentiles and a seeded bootstrap interval of
+the percentile a budget names.
 """
 
 from __future__ import annotations

@@ -15,31 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+# The board script's session and /proc reading (it imports only the standard library), so the
+# probe measures the session every timing uses.
 _PROBE = r"""
 import json, sys
+sys.path.insert(0, sys.argv[5])
 import numpy as np
-import onnxruntime as ort
-
-def status_mb(key):
-    # VmHWM is this process's own high-water mark; ru_maxrss would carry the parent's from before exec.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+import onnxruntime  # loaded before the baseline is read: the library is not the model's cost
+from board_script import open_session, status_mb
 
 path, threads, runs, feed_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 with np.load(feed_path, allow_pickle=False) as npz:
     feed = {k: npz[k] for k in npz.files}
-before = status_mb("VmRSS")
-so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-so.log_severity_level = 3
-so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+before = status_mb("VmRSS") or 0.0
+sess = open_session(path, threads)
 for _ in range(runs):
     sess.run(None, feed)
-peak = status_mb("VmHWM")
+peak = status_mb("VmHWM") or 0.0
 print(json.dumps({"peak_rss_mb": round(peak, 2), "baseline_rss_mb": round(before, 2),
                   "session_mb": round(max(peak - before, 0.0), 2)}))
 """
@@ -51,7 +44,7 @@ def peak_memory(path: Path, threads: int, feed: dict[str, np.ndarray], runs: int
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, **feed)
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(path), str(threads), str(runs), str(feed_path)],
+            [sys.executable, "-c", _PROBE, str(path), str(threads), str(runs), str(feed_path), str(HERE)],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -63,6 +63,17 @@ class RunnerOptions:
 
 
 @dataclass(frozen=True)
+class BenchJob:
+    """What to time, whichever runner times it."""
+
+    path: Path
+    threads: int
+    settings: BenchSection
+    power: dict | tuple | None  # ssh: what the board should measure; local: (meter, unmeasured, rate)
+    affinity: list[int] | None = None
+
+
+@dataclass(frozen=True)
 class RawRun:
     samples_ms: np.ndarray
     seconds: float
@@ -145,21 +156,14 @@ def _ssh_failure(stderr: str, where: str) -> UsageError:
     )
 
 
-def run_ssh(
-    path: Path,
-    parts: dict,
-    threads: int,
-    settings: BenchSection,
-    power: dict | None,
-    options: RunnerOptions,
-    affinity: list[int] | None = None,
-) -> RawRun:
+def run_ssh(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
     where = (
         (f"{parts['user']}@" if parts["user"] else "") + parts["host"] + (f":{parts['port']}" if parts["port"] else "")
     )
+    settings, power = job.settings, job.power
     payload = {
-        "threads": threads,
-        "cpu_affinity": affinity,
+        "threads": job.threads,
+        "cpu_affinity": job.affinity,
         "warmup_runs": settings.warmup_runs,
         "min_runs": settings.min_runs,
         "min_seconds": settings.min_seconds,
@@ -171,7 +175,7 @@ def run_ssh(
     cmd = ssh_command(parts, options, remote)
     budget = settings.warmup_runs * 5 + settings.max_seconds * 2 + (power or {}).get("idle_seconds", 0) + 120
     with tempfile.TemporaryFile() as stdin:
-        _bundle(path, payload, stdin)
+        _bundle(job.path, payload, stdin)
         stdin.seek(0)
         try:
             proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=budget)
@@ -232,31 +236,23 @@ def run_ssh(
     )
 
 
-def run_local(
-    path: Path,
-    parts: dict,
-    threads: int,
-    settings: BenchSection,
-    power: dict | None,
-    options: RunnerOptions,
-    affinity: list[int] | None = None,
-) -> RawRun:
-    """This machine: the same loop a build uses; `power` here is (meter, unmeasured) from profile_meter."""
+def run_local(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
+    """This machine: the same loop a build uses; `job.power` is (meter, unmeasured, rate) from profile_meter."""
+    from exporter.bench.affinity import plan
+    from exporter.bench.board_script import synthetic_feed
     from exporter.bench.memory import peak_memory
-    from exporter.bench_file import synthetic_feed
     from exporter.measure import time_interleaved
     from exporter.runtime import host_threads
 
-    threads = host_threads(threads)
-    feed = synthetic_feed(path)
-    meter, unmeasured, rate = power if power is not None else (None, None, None)
-    from exporter.bench.affinity import plan
-
-    pinning = plan(affinity)
-    stats = time_interleaved({"model": path}, feed, threads, settings, meter=meter, affinity=pinning)["model"]
+    threads = host_threads(job.threads)
+    feed = synthetic_feed(job.path)
+    meter, unmeasured, rate = job.power if job.power is not None else (None, None, None)
+    pinning = plan(job.affinity)
+    timed = time_interleaved({"model": job.path}, feed, threads, job.settings, meter=meter, affinity=pinning)
+    stats = timed["model"]
     measured = meter.result("model", rate) if meter is not None else unmeasured
-    memory = peak_memory(path, threads, feed)
+    memory = peak_memory(job.path, threads, feed)
     return RawRun(stats.samples, stats.seconds, threads, memory, measured, {"kind": "local"}, pinning)
 
 
-RUNNERS: dict[str, Callable[..., RawRun]] = {"local": run_local, "ssh": run_ssh}
+RUNNERS: dict[str, Callable[[BenchJob, dict, RunnerOptions], RawRun]] = {"local": run_local, "ssh": run_ssh}

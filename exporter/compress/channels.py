@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporter import log
+from exporter.compress.hooks import forward_hooks
 from exporter.errors import UsageError
-from exporter.recipe import PruneStep
+from exporter.recipe_steps import PruneStep
 
 
 def _importance(criterion: str):
@@ -43,21 +44,14 @@ def costs(module, example: tuple) -> tuple[int, int]:
 
 def last_layer(module, example: tuple) -> str | None:
     """The last Conv/Linear to run: it produces the outputs, whose width the user's code depends on."""
-    import torch
     from torch import nn
 
     order: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, _o, n=name: order.append(n))
-        for name, m in module.named_modules()
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    layers = [
+        (name, m) for name, m in module.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
     ]
-    try:
-        with torch.no_grad():
-            module(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    with forward_hooks((m, lambda _m, _i, _o, n=name: order.append(n)) for name, m in layers):
+        module(*example)
     return order[-1] if order else None
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exporter import log
-from exporter.recipe import DistillStep, InputSpec
+from exporter.recipe import InputSpec
+from exporter.recipe_steps import DistillStep
 
 
 def kd_loss(student, teacher, labels=None, temperature: float = 4.0, alpha: float = 0.7):

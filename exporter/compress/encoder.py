@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 
+from exporter.compress.hooks import forward_hooks
 from exporter.errors import UsageError
-from exporter.recipe import PruneStep
+from exporter.recipe_steps import PruneStep
 
 
 def find_encoder(module):
@@ -98,16 +99,11 @@ def activation_scores(model, bert, batches: list[tuple]) -> tuple[list[list[floa
 
     hooks = []
     for i, layer in enumerate(layers):
-        hooks.append(layer.attention.self.register_forward_hook(on_context(i)))
-        hooks.append(layer.intermediate.register_forward_hook(on_ffn(i)))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(*batch)
-                count[0] += 1
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks += [(layer.attention.self, on_context(i)), (layer.intermediate, on_ffn(i))]
+    with forward_hooks(hooks):
+        for batch in batches:
+            model(*batch)
+            count[0] += 1
     heads, neurons = [], []
     with torch.no_grad():
         for i, layer in enumerate(layers):
@@ -258,15 +254,11 @@ def _capture(model, linears: dict, batches: list[tuple], mask_index: int, want: 
             mask = current["mask"].reshape(-1).bool()
             grabbed.setdefault(key, []).append(x.reshape(-1, x.shape[-1])[mask].double())
 
-        hooks.append(lin.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                current["mask"] = batch[mask_index]
-                model(*batch)
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks.append((lin, hook))
+    with forward_hooks(hooks):
+        for batch in batches:
+            current["mask"] = batch[mask_index]
+            model(*batch)
     return {k: torch.cat(v) for k, v in grabbed.items()}
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from exporter.compress.hooks import forward_hooks
 from exporter.errors import UsageError
 
 
@@ -113,15 +114,11 @@ def _gram_inputs(root, layers: dict, kinds: dict, batches: list[tuple], model, m
             g = x.t() @ x
             grams[name] = g if name not in grams else grams[name] + g
 
-        hooks.append(layer.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                current["mask"] = batch[mask_index] if mask_index is not None else None
-                model(*batch)
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks.append((layer, hook))
+    with forward_hooks(hooks):
+        for batch in batches:
+            current["mask"] = batch[mask_index] if mask_index is not None else None
+            model(*batch)
     return grams
 
 
@@ -281,19 +278,13 @@ def merge(root) -> None:
 
 def output_positions(root, layers: dict, model, example: tuple) -> dict[str, int]:
     """Output positions each layer computes per forward pass (tokens x batch, or pixels)."""
-    import torch
 
     seen: dict[str, int] = {}
-    hooks = [
-        layer.register_forward_hook(lambda _m, _i, out, name=name: seen.__setitem__(name, out[0].numel()))
-        for name, layer in layers.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = (
+        (layer, lambda _m, _i, out, name=name: seen.__setitem__(name, out[0].numel())) for name, layer in layers.items()
+    )
+    with forward_hooks(hooks):
+        model(*example)
     out = {}
     for name, layer in layers.items():
         channels = layer.out_features if hasattr(layer, "out_features") else layer.out_channels

@@ -20,6 +20,7 @@ import onnx
 from exporter import hf as _offline  # noqa: F401  (sets the offline environment first)
 from exporter.callables import call_user
 from exporter.errors import UsageError
+from exporter.loaded_model import LoadedModel
 from exporter.recipe import HFSource, InputSpec, LoadedRecipe
 
 TOKENIZER_FILES = (
@@ -207,8 +208,6 @@ def export_canonical(
 def load_hf(spec: HFSource, loaded: LoadedRecipe, transform=None):
     """`transform(model)`: changes the loaded model in place before it is exported and used as
     the reference (compression restores a factorised student this way)."""
-    from exporter.sources import LoadedModel
-
     folder = resolve_folder(spec, loaded)
     check_folder_safety(folder, spec, loaded.path)
     from transformers import AutoTokenizer

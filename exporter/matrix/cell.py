@@ -18,7 +18,8 @@ from pathlib import Path
 from exporter import cache as store
 from exporter import log
 from exporter.errors import UsageError
-from exporter.manifest import MANIFEST
+from exporter.manifest import write_manifest
+from exporter.manifest_schema import Cell, read_manifest
 from exporter.matrix.plan import (
     CACHE_KIND,
     CACHE_MARK,
@@ -83,12 +84,11 @@ def cached_entry(key: str) -> Path | None:
 
 def materialise(plan: dict, cell: dict, entry: Path, out: Path) -> dict:
     """Copy the entry to OUT (atomically) with the cell's record in its manifest."""
-    manifest = json.loads((entry / "release" / MANIFEST).read_text(encoding="utf-8"))
-    manifest["cell"] = _cell_record(plan, cell)
+    manifest = read_manifest(entry / "release").model_copy(update={"cell": Cell(**_cell_record(plan, cell))})
     with staged_output(out) as stage:
         shutil.copytree(entry / "release", stage, dirs_exist_ok=True)
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return manifest
+        write_manifest(stage, manifest)  # sealed again: the digest covers the cell record
+    return manifest.sealed().to_dict()
 
 
 def build_cell(

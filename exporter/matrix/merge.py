@@ -9,44 +9,30 @@ file (paths relative to release.json's folder); `edgex verify release.json` re-c
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from exporter.digest import sha256_file
 from exporter.errors import UsageError
-from exporter.manifest import MANIFEST
+from exporter.manifest_schema import MANIFEST, manifest_file, read_manifest
 from exporter.matrix.plan import matrix_id, write_json
-from exporter.verify import verify
+from exporter.verify import RELEASE_KIND, verify
 
-RELEASE_KIND = "edgex-release"
 SCHEMA_VERSION = 1
 
 
 def _read_cell(path: Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(
-            "manifest not found", path=path, field="MANIFESTS", fix="give out/<cell>/manifest.json files"
-        ) from None
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(
-            "not a JSON manifest", path=path, field="MANIFESTS", fix="give out/<cell>/manifest.json"
-        ) from None
-    cell = manifest.get("cell") if isinstance(manifest, dict) else None
-    if not isinstance(cell, dict) or not {"id", "key", "matrix"} <= set(cell):
+    path = manifest_file(path)
+    manifest = read_manifest(path)
+    if manifest.cell is None:
         raise UsageError(
             "not the manifest of a matrix cell (no `cell` record)",
             path=path,
             field="cell",
             fix="build cells with `edgex build --plan plan.json --cell ID`",
         )
-    return {"path": path, "manifest": manifest, "cell": cell}
+    return {"path": path, "manifest": manifest, "cell": manifest.cell.to_dict()}
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -109,19 +95,19 @@ def merge(paths: list[Path], out: Path, plan: dict | None = None) -> dict:
             {
                 "id": c["cell"]["id"],
                 "key": c["cell"]["key"],
-                "recipe": m["recipe"]["name"],
+                "recipe": m.recipe.name,
                 "profile": c["cell"]["profile"],
                 "folder": folder,
                 "manifest": {"path": f"{folder}/{MANIFEST}", "sha256": sha256_file(c["path"])},
-                "ok": m["ok"],
+                "ok": m.ok,
             }
         )
-        files += [{**f, "path": f"{folder}/{f['path']}"} for f in m["files"]]
-        profiles += [{**p, "cell": c["cell"]["id"], "folder": folder} for p in m["profiles"]]
+        files += [{**f.to_dict(), "path": f"{folder}/{f.path}"} for f in m.files]
+        profiles += [{**p.to_dict(), "cell": c["cell"]["id"], "folder": folder} for p in m.profiles]
     result.update(
         {
             "matrix_id": cells[0]["cell"]["matrix"]["id"],
-            "tool_versions": cells[0]["manifest"]["tool_versions"],
+            "tool_versions": cells[0]["manifest"].tool_versions,
             "cells": entries,
             "profiles": profiles,
             "files": files,
@@ -130,40 +116,3 @@ def merge(paths: list[Path], out: Path, plan: dict | None = None) -> dict:
     )
     write_json(out, result)
     return result
-
-
-def verify_release(path: Path) -> dict:
-    """`edgex verify release.json`: each cell's manifest digest, then each cell as a single build."""
-    try:
-        release = json.loads(Path(path).read_text(encoding="utf-8"))
-        cells = release["cells"] if release.get("kind") == RELEASE_KIND else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        cells = None
-    if cells is None:
-        raise UsageError(
-            "not an edgex release.json",
-            path=path,
-            field="kind",
-            fix="give a folder or the release.json `edgex merge` wrote",
-        )
-    base = Path(path).parent
-    problems: list[dict] = []
-    listed = {f["path"]: f for f in release.get("files", [])}
-    seen: set[str] = set()
-    for cell in cells:
-        manifest_path = base / cell["manifest"]["path"]
-        if not manifest_path.is_file():
-            problems.append({"path": cell["manifest"]["path"], "problem": "missing"})
-            continue
-        if sha256_file(manifest_path) != cell["manifest"]["sha256"]:
-            problems.append({"path": cell["manifest"]["path"], "problem": "content differs from release.json"})
-            continue
-        result = verify(manifest_path.parent)
-        problems += [{"path": f"{cell['folder']}/{p['path']}", "problem": p["problem"]} for p in result["problems"]]
-        for f in json.loads(manifest_path.read_text(encoding="utf-8"))["files"]:
-            rel = f"{cell['folder']}/{f['path']}"
-            seen.add(rel)
-            if listed.get(rel, {}).get("sha256") != f["sha256"]:
-                problems.append({"path": rel, "problem": "release.json records a different digest"})
-    problems += [{"path": p, "problem": "listed in release.json but in no cell"} for p in sorted(set(listed) - seen)]
-    return {"folder": str(path), "files": len(listed), "ok": not problems, "problems": problems}

@@ -21,10 +21,11 @@ from exporter import cache as store
 from exporter import log
 from exporter.errors import UsageError
 from exporter.matrix.inputs import profile_inputs, recipe_inputs, toolchain
-from exporter.profiles import get_profiles
+from exporter.profiles import get_profiles, refuse_repeated
 from exporter.recipe import load_recipe
 from exporter.resources import shipped_dir
 from exporter.schema_base import Strict, parse, read_yaml
+from exporter.staging import atomic_file
 
 SCHEMA_VERSION = 1
 KIND = "edgex-plan"
@@ -122,11 +123,7 @@ def describe_cells(
     r = loaded.recipe
     ids = list(profile_ids) if profile_ids else r.profiles
     where = "--profiles" if profile_ids else loaded.path
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise UsageError(
-            f"profile(s) {', '.join(dupes)} listed twice", path=where, field="profiles", fix="list each profile once"
-        )
+    refuse_repeated(ids, where)
     with log.stdout_to_stderr():  # data callables are user code: their prints must not corrupt --json
         shared = recipe_inputs(loaded)
     tools = toolchain()
@@ -242,9 +239,8 @@ def write_json(path: Path, data: dict) -> None:
             "refusing to write through a symlink or over a folder", path=path, field="-o", fix="give a file path"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.edgex-tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_plan(path: Path) -> dict:

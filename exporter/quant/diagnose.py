@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from exporter.quantize import float_compute_nodes
+from exporter.quant.qdq_graph import float_compute_nodes
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _FREE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Concat", "Slice", "Gather"}

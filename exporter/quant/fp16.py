@@ -9,6 +9,7 @@ evaluated).
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import onnx
@@ -33,23 +34,42 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> dict:
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:
     """The converter appends its Cast nodes at the end; tools that walk the graph in order
-    (onnxruntime's partition checker, ONNX's checker) need producers before consumers."""
+    (onnxruntime's partition checker, ONNX's checker) need producers before consumers.
+
+    The order is that of repeated passes over the nodes, each taking, in file order, every node
+    whose inputs exist by then (nodes that never get their inputs stay last, as they were), so
+    a graph already in order is left as it is. Computed in linear time: a node's pass is the
+    latest of its producers' passes, one later for a producer further down the file. onnx_ir's
+    stable sort orders differently (26 of 31 nodes of a small CNN), which would change the bytes
+    of every FP16 file edgex has shipped.
+    """
     ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, order = list(graph.node), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in ready for i in n.input):
-                order.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            order += rest  # a cycle or an outer-scope input: leave the remainder as it was
-            break
-        pending = rest
+    nodes = list(graph.node)
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for name in node.output:
+            producer.setdefault(name, i)
+    waiting = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for name in set(node.input) - ready:
+            waiting[i] += 1  # an input no node produces is never ready
+            if name in producer:
+                readers[producer[name]].append(i)
+    passes = [1] * len(nodes)
+    queue = deque(i for i, w in enumerate(waiting) if w == 0)
+    done = []
+    while queue:
+        q = queue.popleft()
+        done.append(q)
+        for i in readers[q]:
+            passes[i] = max(passes[i], passes[q] + (q > i))
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                queue.append(i)
+    order = sorted(done, key=lambda i: (passes[i], i)) + [i for i, w in enumerate(waiting) if w]
     copies = [onnx.NodeProto() for _ in order]
-    for c, n in zip(copies, order, strict=True):
-        c.CopyFrom(n)
+    for c, i in zip(copies, order, strict=True):
+        c.CopyFrom(nodes[i])
     del graph.node[:]
     graph.node.extend(copies)

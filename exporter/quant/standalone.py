@@ -8,8 +8,6 @@ it is an in-sample figure. The output file is written beside its destination and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,11 @@ from exporter.measure import evaluate_outputs
 from exporter.metrics import cosine
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
-from exporter.quant.calibration import batches, specs_from_model
-from exporter.recipe import Int4Settings, QuantizeSection
+from exporter.quant.calibration import specs_from_model
+from exporter.quant.precisions import Request, RunInputs, evaluation_mode, handler_for
+from exporter.recipe import QuantizeSection
 from exporter.runtime import host_threads, make_session, run_all
+from exporter.staging import atomic_file
 from exporter.targets import get_target
 
 
@@ -38,11 +38,10 @@ def quantize_file(
     max_drop: float | None = None,
     seed: int = 0,
 ) -> dict:
-    from exporter.quantize import quantize_int8
-
     model = check_onnx_file(model_path)
     target = get_target(profile.target)
-    target.refuse_precision(precision, model_path, profile.id)
+    handler = handler_for(precision)  # the same handler a build resolves (exporter.quant.precisions)
+    handler.check(target, model_path, profile.id)
     specs = specs_from_model(model)
     calib = make_dataset(
         validate_arrays(_read_npz(calibration, calibration, "--calibration"), specs, calibration, "--calibration"), None
@@ -54,8 +53,7 @@ def quantize_file(
     else:
         evald = calib
     budget = max_drop if max_drop is not None else profile.budgets.max_accuracy_drop
-    deployed = target.execution_provider == "CPUExecutionProvider"
-    mode = "deployed" if deployed else "simulated"
+    mode = evaluation_mode(target)
     threads = host_threads(2)
     reference = run_all(make_session(model_path, threads), evald.inputs)
 
@@ -68,46 +66,22 @@ def quantize_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = specs[0].shape[0]
     summary: dict = {"model": str(model_path), "profile": profile.id, "target": target.id, "precision": precision}
-    with tempfile.TemporaryDirectory(prefix=".edgex-quantize-", dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
-        if precision == "int8":
-            settings = QuantizeSection(calibration_method=method, calibration_samples=samples)
-            feed = {k: v[:batch] for k, v in evald.inputs.items()}
-            res = quantize_int8(
-                model_path,
-                staged,
-                calib,
-                settings,
-                target.quantization,
-                batch,
-                seed,
-                evaluate=drop_of,
-                budget=budget,
-                speed_feed=feed if deployed else None,
-                label=profile.id,
-            )
-            summary.update(
-                method=res.method,
-                calibration_samples=res.calibration_samples,
-                search=res.search,
-                speed_guard=res.speed_guard,
-                notes=res.notes,
-                quantized_nodes=res.quantized_nodes,
-                kept_in_float=res.float_nodes,
-            )
-        elif precision == "int4":
-            from exporter.quant.weight_only import quantize_int4
-
-            feeds = batches(calib.inputs, batch, 32)
-            summary["int4"] = quantize_int4(
-                model_path, staged, Int4Settings(), target.quantization.int4_format, feeds
-            ).settings
-        else:
-            from exporter.quant.fp16 import convert_fp16
-
-            summary["fp16"] = convert_fp16(model_path, staged)
+    settings = QuantizeSection(calibration_method=method, calibration_samples=samples) if handler.searched else None
+    settings = settings or QuantizeSection()  # --method and --samples steer the INT8 search only
+    request = Request(model_path, target, settings, budget)
+    run = RunInputs(
+        calib,
+        batch,
+        seed,
+        evaluate=drop_of,
+        speed_feed={k: v[:batch] for k, v in evald.inputs.items()},
+        label=profile.id,
+    )
+    with atomic_file(out) as staged:
+        produced = handler.run(request, run, staged)
+        summary.update(produced.summary)
+        handler.ensures(staged, handler.variant)
         drop = drop_of(staged)
-        os.replace(staged, out)
     summary.update(
         out=str(out),
         cosine=round(1.0 - drop, 6),

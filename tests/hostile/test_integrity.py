@@ -8,7 +8,8 @@ import shutil
 
 import onnx
 
-from exporter.manifest import TIMING_FIELDS
+from exporter.errors import UsageError
+from exporter.manifest import DERIVED_FIELDS, TIMING_FIELDS, write_manifest
 from exporter.verify import verify
 
 from .conftest import SDE, edgex
@@ -43,10 +44,15 @@ def test_one_flipped_byte_in_any_file_is_caught(release, tmp_path):
         path.write_bytes(bytes(flipped))
         try:
             result = verify(copy)
+        except UsageError as exc:  # a flipped manifest may no longer parse: that is a refusal too
+            result = None
+            assert rel == "manifest.json" and "manifest.json" in str(exc), f"{rel}: {exc}"
+        finally:
+            path.write_bytes(original)
+        # Outside the try: a missed change must fail here, not be caught as a refusal.
+        if result is not None:
             assert not result["ok"], rel
-        except Exception as exc:  # a flipped manifest may no longer parse: that is a refusal too
-            assert "manifest" in str(exc), rel
-        path.write_bytes(original)
+            assert result["problems"][0]["path"] == rel, result["problems"]
     assert verify(copy)["ok"]
 
 
@@ -89,7 +95,7 @@ def test_replayed_build_is_byte_identical_except_timing_fields(release, tmp_path
     a = {f["path"]: f["sha256"] for f in first["files"] if f["path"] not in timing_files}
     b = {f["path"]: f["sha256"] for f in again["files"] if f["path"] not in timing_files}
     assert a == b  # models, runtime.json, reference bundle: the same bytes
-    keys = set(TIMING_FIELDS["keys"]) | {"files"}
+    keys = set(TIMING_FIELDS["keys"]) | set(DERIVED_FIELDS) | {"files"}  # the digest covers timings
     differences = _differences(_strip(first, keys), _strip(again, keys))
     assert differences == [], "\n".join(differences)
     for prof in again["profiles"]:
@@ -127,12 +133,13 @@ def test_signed_manifest_verifies_and_any_change_breaks_it(release, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["signature"] == "valid"
 
-    # a manifest edited to match a swapped model: hashes agree, the signature does not
+    # a manifest edited to match a swapped model, its own digest recomputed by a deliberate editor:
+    # hashes and digest agree, the signature does not
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["seed"] = 1
-    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(copy, manifest)
     result = verify(copy, public)
-    assert not result["ok"] and result["signature"] == "invalid"
+    assert not result["ok"] and result["signature"] == "invalid" and result["digest"] == "valid"
 
     # another key's signature does not verify either
     sign_release(copy, private)

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exporter.errors import UsageError
-from exporter.isolate import probe
+from exporter.sandbox_jobs import probe
 
 from .conftest import assert_one_line_error, edgex
 

@@ -1,0 +1,215 @@
+"""The `prune` step: structured pruning that keeps the model dense. CNN channels go through
+Torch-Pruning's dependency graph (channels.py) towards a MAC, parameter or latency goal;
+BERT-style encoders lose heads, FFN neurons and layers (encoder.py) to a MAC or parameter goal."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter import log
+from exporter.compress.measure import calibration_batch, costs, encoder, example, text_batches
+from exporter.compress.steps import State, StepHandler, StepResult, register_step
+from exporter.errors import UsageError
+from exporter.recipe_steps import PruneStep
+
+CRITERIA = {"hf": ("l1", "l2", "activation"), "torch": ("l1", "l2", "bn_scale", "taylor")}
+
+
+def _latency_check(state: State, where: str) -> Callable:
+    """done(module, entry) for a latency goal: export the candidate, time it in onnxruntime with
+    the profile's threads, stop once the budget percentile is within 90% of the budget (headroom
+    for the noise between this loop and the final interleaved benchmark)."""
+    import tempfile
+
+    from exporter.export import _export_torch
+    from exporter.measure import time_interleaved
+    from exporter.recipe import BenchSection
+
+    ctx, target = state.ctx, state.latency
+    settings = BenchSection(warmup_runs=5, min_runs=60, min_seconds=0.3, max_seconds=3.0)
+    feed = {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+
+    def done(module, entry: dict) -> bool:
+        with tempfile.TemporaryDirectory(prefix="edgex-prune-") as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            module.eval()
+            _export_torch(module, ctx.inputs, ctx.loaded.recipe.outputs, 18, False, path)
+            stats = time_interleaved({"candidate": path}, feed, target["threads"], settings)["candidate"]
+        entry["latency_ms"] = round(stats.percentile(target["percentile"]), 4)
+        return entry["latency_ms"] <= 0.9 * target["budget_ms"]
+
+    return done
+
+
+def _fraction_for_params(bert, step: PruneStep, keep: float, align: int, scores) -> float:
+    """The pruning fraction that keeps `keep` of the encoder's parameters: the embedding table does
+    not shrink, so the search is on the encoder's own share (bisection over trial plans)."""
+    from exporter.compress.encoder import apply_plan, plan_pruning
+
+    base = sum(p.numel() for p in bert.parameters())
+    lo, hi = 0.0, step.max_layer_ratio
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(bert)
+        apply_plan(trial, plan_pruning(trial, step, mid, align, scores))
+        if sum(p.numel() for p in trial.parameters()) <= keep * base:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@register_step(PruneStep)
+class Prune(StepHandler):
+    kind = "prune"
+
+    def requires(self, ctx, step: PruneStep, where: str) -> None:
+        hf = ctx.model.kind == "hf"
+        allowed = CRITERIA[ctx.model.kind]
+        if step.criterion is not None and step.criterion not in allowed:
+            raise UsageError(
+                f"criterion {step.criterion} does not apply to {'transformers' if hf else 'CNN channels'}",
+                path=ctx.loaded.path,
+                field=f"{where}.criterion",
+                fix=f"use one of {', '.join(allowed)}",
+            )
+        if hf and step.goal.latency:
+            raise UsageError(
+                "a latency goal is available for PyTorch models; transformers prune to a MAC or parameter goal",
+                path=ctx.loaded.path,
+                field=f"{where}.goal",
+                fix="use goal: {macs: 0.6} (the build still judges latency against every profile's budget)",
+            )
+        if not hf:
+            names = dict(ctx.model.module.named_modules())
+            unknown = [n for n in step.protect if n not in names]
+            if unknown:
+                raise UsageError(
+                    f"protect names modules {unknown} that the model does not have",
+                    path=ctx.loaded.path,
+                    field=f"{where}.protect",
+                    fix=f"use names from model.named_modules(), e.g. {', '.join(list(names)[1:4])}",
+                )
+
+    def run_torch(self, state: State, step: PruneStep, where: str) -> StepResult:
+        import torch
+        import torch.nn.functional as F
+
+        from exporter.compress.channels import prune_channels
+
+        ctx = state.ctx
+        criterion = step.criterion or "l2"
+        step = step.model_copy(update={"criterion": criterion})
+        base_macs, base_params = costs(state)
+        goal = step.goal
+        if goal.latency:
+            done = _latency_check(state, where)
+        elif goal.macs is not None:
+            done = lambda _m, e: e["macs"] <= goal.macs * base_macs  # noqa: E731
+        else:
+            done = lambda _m, e: e["params"] <= goal.params * base_params  # noqa: E731
+        batch, labels = calibration_batch(ctx)
+        teacher = ctx.model.module
+
+        def loss_fn(module):
+            with torch.no_grad():
+                target = torch.as_tensor(labels) if labels is not None else teacher(*batch).argmax(-1)
+            return F.cross_entropy(module(*batch), target.long())
+
+        drop_fn = None
+        if step.accuracy_floor is not None:
+            from exporter.metrics import accuracy_drop
+
+            with torch.no_grad():
+                ref = teacher(*batch).numpy()
+            base = float(ctx.metric_fn(ref, labels, ref))
+
+            def drop_fn(module):
+                module.eval()
+                with torch.no_grad():
+                    out = module(*batch).numpy()
+                return accuracy_drop(base, float(ctx.metric_fn(out, labels, ref)), ctx.higher_is_better)
+
+        result = prune_channels(
+            state.student,
+            example(ctx),
+            step,
+            state.align,
+            done,
+            loss_fn=loss_fn,
+            drop_fn=drop_fn,
+            field_name=where,
+            where=str(ctx.loaded.path),
+        )
+        state.student = result.module
+        return StepResult(
+            {
+                "engine": "torch-pruning (dependency graph)",
+                "criterion": criterion,
+                "history": result.history,
+                "trace": result.trace,
+                "protected": result.protected,
+                "reached": result.reached,
+                "stopped_by": result.stopped_by,
+            }
+        )
+
+    def run_hf(self, state: State, step: PruneStep, where: str) -> StepResult:
+        from exporter.compress.encoder import activation_scores, apply_plan, fraction_for_macs, plan_pruning
+
+        ctx = state.ctx
+        bert = encoder(state)
+        if bert is None:
+            raise UsageError(
+                "structured pruning of this transformer is not supported (no BERT-style encoder.layer found)",
+                path=ctx.loaded.path,
+                field=where,
+                fix="use a BERT-style encoder (BERT, MiniLM, RoBERTa...) or remove the prune step",
+            )
+        criterion = step.criterion or "activation"
+        step = step.model_copy(update={"criterion": criterion})
+        scores = None
+        if criterion == "activation":
+            scores = activation_scores(state.student, bert, text_batches(ctx))
+        seq = ctx.inputs[0].shape[1]
+        if step.goal.macs is not None:
+            fraction = fraction_for_macs(bert, step, step.goal.macs, state.align, seq, scores)
+        else:
+            fraction = _fraction_for_params(bert, step, step.goal.params, state.align, scores)
+        plan = plan_pruning(bert, step, fraction, state.align, scores)
+        apply_plan(bert, plan)
+        info = {"engine": "transformers prune_heads / prune_linear_layer", "criterion": criterion, "plan": plan}
+        if step.reconstruct:
+            from exporter.compress.encoder import find_encoder, reconstruct
+
+            teacher = ctx.model.module
+            mask_index = [s.name for s in ctx.inputs].index("attention_mask")
+            info["reconstruction_error"] = reconstruct(
+                state.student, bert, teacher, find_encoder(teacher), plan, text_batches(ctx), mask_index
+            )
+        return StepResult(info, plan.get("drop_layers") or [])
+
+    def ensures(self, state: State, step: PruneStep, result: StepResult) -> StepResult:
+        """Whether the goal was reached, judged on the student's costs against the teacher's."""
+        info = result.info
+        info["align"] = state.align
+        info["goal"] = step.goal.model_dump(exclude_none=True)
+        macs, params = costs(state)
+        info["reached_goal"] = info.get("reached", True)
+        if step.goal.macs is not None:
+            info["reached_goal"] = macs <= step.goal.macs * state.records[0]["macs"] * 1.0001
+        if step.goal.params is not None:
+            info["reached_goal"] = params <= step.goal.params * state.records[0]["params"] * 1.0001
+        if not info["reached_goal"]:
+            log.info(
+                f"  prune goal {info['goal']} not reached (stopped by {info.get('stopped_by', 'max_layer_ratio')})"
+            )
+        return result
+
+    def replay(self, ctx, student, recorded: dict, index: int):
+        from exporter.compress.channels import replay
+
+        replay(student, example(ctx), recorded["history"])
+        return student

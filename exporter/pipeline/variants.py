@@ -1,0 +1,170 @@
+"""Producing the variants of one profile: the FP32 export, the compressed model, one file per precision.
+
+Every produced file is cached for the build under a `StepKey` (what determines its bytes), so two
+profiles whose targets ask for the same export or the same quantization share one file.
+Precisions come from the registry (`exporter.quant.precisions`), as in `edgex quantize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from exporter import log
+from exporter.export import check_parity, export_model
+from exporter.pipeline.context import Context, evaluator, query_feed
+from exporter.profiles import DeviceProfile
+from exporter.quant.precisions import Handler, Request, RunInputs, StepKey, evaluation_mode, planned
+from exporter.runtime import host_threads
+from exporter.targets import Target, get_target
+
+Artifacts = dict[str, tuple]  # name -> (file, precision, produced_by, parent), in lineage order
+
+
+def export_for(
+    ctx: Context, target: Target, work: Path, cache: dict, fusion: str = "full", tag: str = "baseline"
+) -> tuple[Path, dict]:
+    """fusion: "full" (the fastest FP32 graph), "for-int8" (static INT8 input: see hf.optimize.fuse) or
+    "none" (INT4 input); only transformers on targets that run contrib ops are fused at all.
+    tag names the model exported (the source model, or a compressed one)."""
+    r = ctx.loaded.recipe
+    static = target.static_shapes
+    fuse = ctx.model.kind == "hf" and target.contrib_ops and fusion != "none"
+    for_int8 = fusion == "for-int8"
+    dims = "x".join(str(d) for d in ctx.inputs[0].shape)
+    key = StepKey("export", tag, json.dumps([target.opset.export, static, fuse, for_int8, dims]))
+    if key not in cache:
+        shapes = "static" if static else "dynamic"
+        suffix = ("-fused-for-int8" if for_int8 else "-fused") if fuse else ""
+        path = work / f"{tag}-op{target.opset.export}-{shapes}-{dims}{suffix}.onnx"
+        log.info(
+            f"[{r.name}] export FP32 ONNX (opset {target.opset.export}, {shapes} shapes"
+            f"{(', fused for INT8' if for_int8 else ', fused') if fuse else ''})"
+        )
+        info = export_model(
+            ctx.model,
+            ctx.inputs,
+            r.outputs,
+            target.opset.export,
+            (target.opset.min, target.opset.max),
+            static,
+            path,
+            fuse,
+            for_int8,
+        )
+        worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
+        parity = {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True}
+        cache[key] = (path, {"step": "export", "static_shapes": static, **info, "parity": parity})
+    return cache[key]
+
+
+def quantized(
+    ctx: Context,
+    handler: Handler,
+    target: Target,
+    source: Path,
+    work: Path,
+    cache: dict,
+    budget: float,
+    label: str,
+    baseline: Path,
+) -> tuple[Path, dict]:
+    """One precision's variant of `source` (cached by the handler's key): (file, produced_by)."""
+    r = ctx.loaded.recipe
+    request = Request(source, target, r.quantize, budget, transformer=ctx.model.kind == "hf")
+    key = handler.key(request)
+    if key not in cache:
+        run = RunInputs(ctx.calibration, ctx.inputs[0].shape[0], r.seed, label=label)
+        if handler.searched:
+            run = dataclasses.replace(
+                run,
+                evaluate=evaluator(ctx, evaluation_mode(target), host_threads(2), r.quantize.search.samples),
+                speed_feed=query_feed(ctx),
+                speed_baseline=baseline,
+                speed_replay=ctx.replay.speed_guard(label) if ctx.replay is not None else None,
+            )
+        log.info(handler.describe(request, run))
+        produced = handler.run(request, run, work / handler.file_name(request, key))
+        cache[key] = (produced.path, produced.record)
+    path, record = cache[key]
+    return path, dict(record)
+
+
+def student_context(ctx: Context, compressed, cache: dict) -> Context:
+    """The context to export the compressed model with: its own PyTorch outputs are its parity
+    reference (quality is still judged against the source model's)."""
+    from exporter.export import torch_reference
+
+    key = StepKey("student-reference", compressed.record["cache"]["key"], json.dumps(list(ctx.inputs[0].shape)))
+    if key not in cache:
+        cache[key] = torch_reference(compressed.model.module, ctx.evaluation.inputs, ctx.inputs)
+    return dataclasses.replace(ctx, model=compressed.model, reference=cache[key], shapes={}, compressed={})
+
+
+def _strictest_alignment(ctx: Context) -> int:
+    align = 1
+    for profile in ctx.profiles:
+        align = math.lcm(align, get_target(profile.target).channel_multiple)
+    return align
+
+
+def compressed_for(ctx: Context, profile: DeviceProfile):
+    """The recipe's compression for this profile: once per recipe (aligned to the strictest target
+    of its profiles), or per profile when a prune step aims at the profile's latency budget."""
+    from exporter.compress import compress, per_profile
+
+    r = ctx.loaded.recipe
+    if not r.compress:
+        return None
+    latency = None
+    align = _strictest_alignment(ctx)
+    if per_profile(r):
+        align = get_target(profile.target).channel_multiple
+        pct = profile.budgets.latency.percentile
+        latency = {
+            "budget_ms": profile.budgets.latency.max_ms,
+            "percentile": pct,
+            "threads": host_threads(profile.threads),
+        }
+    explicit = [s.settings.align for s in r.compress if s.kind in ("prune", "lowrank") and s.settings.align]
+    align = explicit[0] if explicit else align
+    key = (align, json.dumps(latency, sort_keys=True), tuple(tuple(i.shape) for i in ctx.inputs))
+    if key not in ctx.compressed:
+        ctx.compressed[key] = compress(ctx, align, latency)
+    return ctx.compressed[key]
+
+
+def produce_variants(
+    ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str, compressed=None
+) -> Artifacts:
+    """name -> (file, precision, produced_by, parent), in lineage order. With compression, the
+    quantized variants are made from the compressed model (parent `compressed`)."""
+    r = ctx.loaded.recipe
+    fp32_work, export_info = export_for(ctx, target, work, cache)
+    artifacts: Artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
+    qctx, parent, tag = ctx, "baseline", "baseline"
+    if compressed is not None:
+        tag = f"compressed-{compressed.record['cache']['key'][:10]}"
+        qctx = student_context(ctx, compressed, cache)
+        fp32_work, info = export_for(qctx, target, work, cache, tag=tag)
+        produced_by = {
+            "step": "compress",
+            "steps": [s["step"] for s in compressed.record["steps"]],
+            "cache_key": compressed.record["cache"]["key"],
+            **info,
+        }
+        artifacts["compressed"] = (fp32_work, "fp32", produced_by, "baseline")
+        parent = "compressed"
+    if not r.quantize.enabled:
+        return artifacts
+    for handler in planned(r.quantize, target):
+        source = fp32_work
+        # Transformers on contrib-op targets start from their own graph: static INT8 from the unfused
+        # Attention/Gelu graph, INT4 from the plain MatMul/Gather one (hf.optimize.fuse).
+        if handler.graph != "full" and ctx.model.kind == "hf" and target.contrib_ops:
+            source, _ = export_for(qctx, target, work, cache, fusion=handler.graph, tag=tag)
+        path, produced_by = quantized(ctx, handler, target, source, work, cache, budget, label, fp32_work)
+        artifacts[handler.variant] = (path, handler.precision, produced_by, parent)
+    return artifacts
