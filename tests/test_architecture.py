@@ -76,16 +76,16 @@ def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {m: set() for m in mods}
     for module, path in mods.items():
         for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+                # `from pkg import sub` imports the submodule when there is one, else pkg itself
+                names = [
+                    next((c for c in (f"{node.module}.{a.name}", node.module) if c in mods), "") for a in node.names
+                ]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            for name in names:
-                if name in mods and name != module:
-                    edges[module].add(name)
-                    if isinstance(node, ast.ImportFrom):
-                        break
+            else:
+                continue
+            edges[module].update(name for name in names if name in mods and name != module)
     return edges
 
 
@@ -134,8 +134,7 @@ def test_imports_only_go_down_the_layers():
         for target in sorted(targets):
             if _layer(target) > _layer(module):
                 wrong.append(
-                    f"{module} ({LAYER_NAMES[_layer(module)]}) imports {target} "
-                    f"({LAYER_NAMES[_layer(target)]})"
+                    f"{module} ({LAYER_NAMES[_layer(module)]}) imports {target} ({LAYER_NAMES[_layer(target)]})"
                 )
     assert wrong == []
 
@@ -155,3 +154,12 @@ def test_the_checks_see_a_circle_and_an_upward_import():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a <-> b <-> c"]
     assert _layer("exporter.manifest") < _layer("exporter.pipeline.context") < _layer("exporter.cli.build")
     assert _layer("exporter.bench.power") == FOUNDATIONS
+
+
+def test_every_name_of_a_from_import_is_an_edge(tmp_path):
+    """`from pkg import a, b` depends on both submodules, not only the first one named."""
+    for name, text in {"pkg": "", "a": "", "b": "", "m": "from pkg import a, b\nimport os\n"}.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    mods = {name: tmp_path / f"{name}.py" for name in ("pkg", "pkg.a", "pkg.b", "m")}
+    mods["pkg.a"], mods["pkg.b"] = tmp_path / "a.py", tmp_path / "b.py"
+    assert _edges(mods)["m"] == {"pkg.a", "pkg.b"}

@@ -74,7 +74,9 @@ def test_a_latency_goal_on_a_transformer_is_refused_by_the_prune_handler(tmp_pat
     loaded = _recipe(tmp_path, [{"prune": {"goal": {"latency": "budget"}}}], "hf")
     ctx = types.SimpleNamespace(loaded=loaded, model=types.SimpleNamespace(kind="hf"))
     with pytest.raises(UsageError) as err:
-        handler_for(loaded.recipe.compress[0].settings).requires(ctx, loaded.recipe.compress[0].prune, "compress[0].prune")
+        handler_for(loaded.recipe.compress[0].settings).requires(
+            ctx, loaded.recipe.compress[0].prune, "compress[0].prune"
+        )
     assert err.value.field == "compress[0].prune.goal"
 
 

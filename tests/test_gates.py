@@ -25,7 +25,10 @@ def test_latency_interval_and_estimates_in_manifest(tiny_build):
         for v in prof["variants"]:
             lat = v["latency_ms"]
             lo, hi = lat["interval95"]
-            assert lo <= hi and lat["interval95_half_width_pct"] >= 0
+            point = lat[f"p{lat['budget_percentile']:g}"]  # the percentile the budget names, as summarised
+            assert lo - 1e-4 <= point <= hi + 1e-4  # the interval brackets its own estimate (4-decimal rounding)
+            half_width = 100 * (hi - lo) / 2 / point
+            assert abs(lat["interval95_half_width_pct"] - half_width) <= 1e-3 + 100 * 1e-4 / point
             verdict = v["verdicts"][0]
             assert verdict["budget"].startswith("latency") and verdict["decided"] in (True, False)
             est = v["device_estimate"]

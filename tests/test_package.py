@@ -71,9 +71,11 @@ def test_package_loads_matches_and_is_described(packages, profile_id):
         if target in ORT_FORMAT:
             config = (packages["out"] / pkg["required_operators"]).read_text()
             assert "ai.onnx;" in config and "/tmp" not in config
-            assert pkg["parity"]["argmax_agreement"] >= 0.99 and pkg["parity"]["max_abs_diff"] >= 0
+            assert pkg["parity"]["argmax_agreement"] >= 0.99 and pkg["parity"]["max_abs_diff"] < 1e-3, pkg["parity"]
             assert pkg["parity"]["load_seconds"]["package"] > 0 and pkg["reproducible"] is True
-        assert v["preflight"]["nodes"] >= v["preflight"]["supported_nodes"] >= 0
+        pf = v["preflight"]
+        assert pf["nodes"] > 0 and pf["nodes"] == pf["supported_nodes"] + pf["cpu_fallback_nodes"], pf
+        assert sum(pf["partition_map"]) == pf["supported_nodes"] and len(pf["partition_map"]) == pf["partitions"], pf
 
 
 @pytest.mark.parametrize("profile_id", sorted(ONE_PER_TARGET))
