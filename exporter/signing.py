@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter.errors import UsageError
-from exporter.manifest import MANIFEST
+from exporter.manifest_schema import MANIFEST
 from exporter.staging import atomic_file
 
 SIGNATURE = "manifest.sig"

@@ -141,3 +141,10 @@ def test_written_manifest_carries_the_digest_of_what_it_holds(tiny_build, tmp_pa
     write_manifest(tmp_path, data)
     written = json.loads((tmp_path / "manifest.json").read_text())
     assert written["seed"] == 7 and written[DIGEST_FIELD] == content_digest(written) != data[DIGEST_FIELD]
+
+
+def test_verify_accepts_the_manifest_file_itself(release):
+    """Bug found on the way: `edgex verify OUT/manifest.json` was an internal error (exit 3)."""
+    proc = run_cli("verify", str(release / "manifest.json"), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"]
