@@ -126,17 +126,21 @@ def targets_show(target_id: str, as_json: bool) -> int:
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["recipe", "profile", "target"]))
+@click.argument("kind", type=click.Choice(["recipe", "profile", "target", "manifest"]))
 @JSON_OPT
 @command
 def schema(kind: str, as_json: bool) -> int:
-    """Print the JSON Schema of a recipe, profile or target (for editor completion; JSON with or without --json)."""
+    """Print the JSON Schema of a recipe, profile, target or release manifest (for editors and release pipelines; JSON with or without --json)."""
+    from exporter.manifest_schema import manifest_json_schema
     from exporter.profiles import DeviceProfile
     from exporter.recipe import Recipe
     from exporter.targets import Target
 
-    model = {"recipe": Recipe, "profile": DeviceProfile, "target": Target}[kind]
-    click.echo(json.dumps(model.model_json_schema(by_alias=True), indent=2, sort_keys=True))
+    if kind == "manifest":
+        document = manifest_json_schema()
+    else:
+        document = {"recipe": Recipe, "profile": DeviceProfile, "target": Target}[kind].model_json_schema(by_alias=True)
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
     return 0
 
 

@@ -22,6 +22,7 @@ from exporter import log
 from exporter.errors import UsageError
 from exporter.matrix.inputs import profile_inputs, recipe_inputs, toolchain
 from exporter.profiles import get_profiles, refuse_repeated
+from exporter.quant.precisions import refuse_unrunnable
 from exporter.recipe import load_recipe
 from exporter.resources import shipped_dir
 from exporter.schema_base import Strict, parse, read_yaml
@@ -131,8 +132,7 @@ def describe_cells(
     cells = []
     for profile in get_profiles(ids, profiles_dirs, where=where):
         target, own = profile_inputs(profile, profiles_dirs)
-        for precision in r.quantize.precisions if r.quantize.enabled else ["fp32"]:
-            target.refuse_precision(precision, loaded.path, profile.id)
+        refuse_unrunnable(r.quantize, target, loaded.path, profile.id)
         runner = runner_for(runners, profile.id)
         inputs = shared + own
         key = cell_key(

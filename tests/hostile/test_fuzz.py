@@ -18,10 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 from test_bad_inputs import tiny_onnx_bytes
 
 from exporter.errors import UsageError
-from exporter.sandbox_jobs import probe
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import load_profile_file
 from exporter.recipe import load_recipe
+from exporter.sandbox_jobs import probe
 
 MUTANTS = 220
 

@@ -212,11 +212,12 @@ def case_bad_source_date_epoch(tmp_path, canary):
     return ["build", str(recipe)], ("SOURCE_DATE_EPOCH",), {"SOURCE_DATE_EPOCH": "yesterday"}
 
 
-def case_replay_of_another_recipe(tmp_path, canary):
+def case_replay_of_what_is_not_a_manifest(tmp_path, canary):
+    """Another recipe's real manifest is refused in tests/test_manifest_schema.py."""
     recipe = write_onnx_project(tmp_path / "proj")
     other = tmp_path / "other.json"
     other.write_text('{"schema_version": 1, "recipe": {"sha256": "0"}, "profiles": []}')
-    return ["build", str(recipe), "--replay", str(other)], ("different recipe",), None
+    return ["build", str(recipe), "--replay", str(other)], ("other.json", "not an edgex manifest"), None
 
 
 def _yaml_code(tmp_path) -> str:
@@ -259,7 +260,7 @@ CASES = [
     case_npz_header_claims_more_than_it_holds,
     case_npz_with_code,
     case_bad_source_date_epoch,
-    case_replay_of_another_recipe,
+    case_replay_of_what_is_not_a_manifest,
 ]
 
 
