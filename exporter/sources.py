@@ -174,8 +174,8 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
             field="inputs",
             fix="name the recipe's inputs after the model's",
         )
-    from exporter.sandbox_jobs import probe
     from exporter.numerics import check_initializers
+    from exporter.sandbox_jobs import probe
 
     check_initializers(model, loaded.path, "model.path")
     # Not built here: it must load and run once in the limited child before any session in this process.
