@@ -61,3 +61,21 @@ def run_scenarios(
     plot(results, out.parent / image)
     write(results, out)
     print(out.read_text())
+
+
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """The one look of every trade-off panel in PRUNING.md and LOWRANK.md."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Saved without the Software tag (its version string would change the bytes between installs)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)

@@ -25,7 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compression_common import host_line, interleaved_p50, onnx_metric, run_scenarios  # noqa: E402
+from benchmarks.compression_common import (  # noqa: E402
+    host_line,
+    interleaved_p50,
+    label_axes,
+    onnx_metric,
+    run_scenarios,
+    save_figure,
+)
 from exporter.compress import compress  # noqa: E402
 from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.pipeline import prepare  # noqa: E402
@@ -78,11 +85,7 @@ def plot(results: dict, path: Path) -> None:
         ax.scatter([1.0], [d["teacher_metric"] * 100], marker="o", label="original (teacher)")
         ax.scatter([d["speedup"]], [d["metric"] * 100], marker="s", label="low-rank + distilled")
         ax.scatter([d["speedup"]], [d["before_distill"] * 100], marker="v", label="low-rank, before distillation")
-        ax.set_xlabel("FP32 speed-up vs original (1 thread)")
-        ax.set_ylabel("top-1 % (held-out)")
-        ax.set_title("digits CNN: low-rank")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        label_axes(ax, "FP32 speed-up vs original (1 thread)", "top-1 % (held-out)", "digits CNN: low-rank")
     ax = axes[1]
     ax.scatter([1.0], [1.0], marker="o", label="all-MiniLM-L6-v2 (teacher)")
     for key, label in (("minilm-lowrank", "low-rank"), ("minilm-student", "3-layer student")):
@@ -92,14 +95,13 @@ def plot(results: dict, path: Path) -> None:
             ax.scatter([m["speedup"]], [m["before_distill"]], marker="v", label=f"{label}, before distillation")
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
     ax.axhline(0.90, color="grey", ls=":", lw=0.8)
-    ax.set_xlabel("FP32 speed-up vs teacher (1 thread)")
-    ax.set_ylabel("mean cosine vs teacher")
-    ax.set_title("all-MiniLM-L6-v2: low-rank and shallower student")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    label_axes(
+        ax,
+        "FP32 speed-up vs teacher (1 thread)",
+        "mean cosine vs teacher",
+        "all-MiniLM-L6-v2: low-rank and shallower student",
+    )
+    save_figure(fig, path)
 
 
 def write(results: dict, out: Path) -> None:

@@ -28,7 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compression_common import host_line, interleaved_p50, onnx_metric, run_scenarios  # noqa: E402
+from benchmarks.compression_common import (  # noqa: E402
+    host_line,
+    interleaved_p50,
+    label_axes,
+    onnx_metric,
+    run_scenarios,
+    save_figure,
+)
 from exporter.compress import compress  # noqa: E402
 from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.pipeline import prepare  # noqa: E402
@@ -144,25 +151,20 @@ def plot(results: dict, path: Path) -> None:
         for r in d["rows"]:
             peer = r["name"].startswith("peer")
             ax.scatter([r["speedup"]], [r["metric"] * 100], marker="x" if peer else "s", label=r["name"])
-        ax.set_xlabel("FP32 speed-up vs unpruned (1 thread)")
-        ax.set_ylabel("top-1 % (held-out)")
-        ax.set_title("digits CNN: pruned + distilled")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        label_axes(ax, "FP32 speed-up vs unpruned (1 thread)", "top-1 % (held-out)", "digits CNN: pruned + distilled")
     if "minilm" in results:
         m, ax = results["minilm"], axes[1]
         ax.scatter([1.0], [1.0], marker="o", label="unpruned")
         ax.scatter([m["speedup"]], [m["metric"]], marker="s", label="pruned + distilled")
         ax.scatter([m["speedup"]], [m["after_prune"]], marker="v", label="pruned, before distillation")
         ax.axhline(0.95, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel("FP32 speed-up vs unpruned (1 thread)")
-        ax.set_ylabel("mean cosine vs unpruned")
-        ax.set_title("all-MiniLM-L6-v2: pruned (heads / FFN)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+        label_axes(
+            ax,
+            "FP32 speed-up vs unpruned (1 thread)",
+            "mean cosine vs unpruned",
+            "all-MiniLM-L6-v2: pruned (heads / FFN)",
+        )
+    save_figure(fig, path)
 
 
 def write(results: dict, out: Path) -> None:

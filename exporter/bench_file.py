@@ -1,7 +1,15 @@
-"""`edgex bench`: benchmark any ONNX file against a profile's budgets, here or on a board (`--runner`)."""
+"""`edgex bench`: benchmark any ONNX file against a profile's budgets, here or on a board (`--runner`).
+
+Everything is measured and judged at the input shapes resolved from the file and `--shape`
+(`exporter.shapes`): the timing query, the memory probe, and the device estimate's MACs and bytes
+(counted on a copy of the file whose dynamic sizes are fixed to those shapes).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from exporter.bench.judging import judge_timed
@@ -13,14 +21,35 @@ from exporter.errors import UsageError
 from exporter.onnx_io import check_onnx_file
 from exporter.profiles import DeviceProfile
 from exporter.recipe import BenchSection
+from exporter.shapes import declared_inputs, fixed_copy, resolve_shapes
 from exporter.targets import get_target
 
 
-def _precision(path: Path) -> str:
-    """int8 when the graph computes with quantized tensors, else fp32 (for the estimate's constants)."""
+@contextlib.contextmanager
+def judged_file(path: Path, model, shapes: dict[str, list[int]]) -> Iterator[Path]:
+    """The file the estimate reads: PATH itself when its inputs are static, else a graph-only copy
+    (weights' sizes kept, their bytes not) with the dynamic sizes fixed to SHAPES, in a scratch folder."""
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    if not any(i.dynamic_axes() for i in declared_inputs(model)):
+        yield path
+        return
+    fixed = fixed_copy(model, shapes)
+    from exporter.onnx_io import all_tensors
+
+    for tensor in all_tensors(fixed):  # dims are all the estimate reads; external bytes stay where they are
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    with tempfile.TemporaryDirectory(prefix="edgex-bench-shapes-") as tmp:
+        copy = Path(tmp) / path.name
+        onnx.save_model(fixed, str(copy))
+        yield copy
+
+
+def _precision(model) -> str:
+    """int8 when the graph computes with quantized tensors, else fp32 (for the estimate's constants)."""
+    ops = {n.op_type for n in model.graph.node}
     quantized = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
     return "int8" if ops & quantized else "fp32"
 
@@ -50,10 +79,14 @@ def bench_file(
     runner: str = "local",
     options: RunnerOptions | None = None,
     power_sensor: str | None = None,
+    shapes: dict[str, list[int]] | None = None,
 ) -> dict:
-    """Benchmark one ONNX file on this machine or on a board (`runner`), against the profile's budgets."""
+    """Benchmark one ONNX file on this machine or on a board (`runner`), against the profile's budgets.
+
+    shapes: sizes from `--shape`; every dynamic dimension of the file needs one (exit 2 otherwise)."""
     settings = settings or BenchSection()
-    check_onnx_file(path)
+    model = check_onnx_file(path)
+    used = resolve_shapes(model, shapes, path)
     scheme, parts = parse_runner(runner)
     rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
     if power_sensor is not None and power_sensor != "none" and power_sensor not in SENSORS:
@@ -71,7 +104,7 @@ def bench_file(
         where = parts["host"]
         latency_basis = f"device measurement (onnxruntime CPU on {runner} over ssh)"
     raw = RUNNERS[scheme](
-        BenchJob(path, profile.threads, settings, power, profile.cpu_affinity), parts, options or RunnerOptions()
+        BenchJob(path, profile.threads, settings, power, profile.cpu_affinity, used), parts, options or RunnerOptions()
     )
     if raw.power is None:
         raw_power = {"available": False, "reason": "no power sensor named (profile `power_sensor:` or --power-sensor)"}
@@ -81,22 +114,23 @@ def bench_file(
     size_mb = path.stat().st_size / 1e6
     pct = profile.budgets.latency.percentile
     on_device = stats.p50 if scheme != "local" else None
-    judged = judge_timed(
-        path,
-        profile,
-        get_target(profile.target),
-        _precision(path),
-        stats,
-        raw.threads,
-        peak_memory_mb=raw.memory.get("session_mb"),
-        size_mb=size_mb,
-        accuracy_drop=None,
-        max_accuracy_drop=profile.budgets.max_accuracy_drop,
-        measured=raw_power,
-        device_latency_ms=on_device,
-        latency_basis=latency_basis,
-        measured_on=where,
-    )
+    with judged_file(path, model, used) as judged_path:
+        judged = judge_timed(
+            judged_path,
+            profile,
+            get_target(profile.target),
+            _precision(model),
+            stats,
+            raw.threads,
+            peak_memory_mb=raw.memory.get("session_mb"),
+            size_mb=size_mb,
+            accuracy_drop=None,
+            max_accuracy_drop=profile.budgets.max_accuracy_drop,
+            measured=raw_power,
+            device_latency_ms=on_device,
+            latency_basis=latency_basis,
+            measured_on=where,
+        )
     interval, verdicts = judged.interval, judged.verdicts
     return {
         "model": str(path),
@@ -114,7 +148,8 @@ def bench_file(
         "power_judged_on": judged.power_judged_on,
         "memory": raw.memory,
         "size_mb": round(size_mb, 6),
-        "inputs": "synthetic (seeded normal / zeros), in the declared shapes",
+        "inputs": "synthetic (seeded normal / zeros), in `shapes`",
+        "shapes": used,
         "verdicts": [v.as_dict() for v in verdicts],
         "ok": overall(verdicts),
     }

@@ -28,13 +28,13 @@ def _load(path: Path) -> tuple[Manifest, Path]:
     return read_manifest(path), manifest_file(path).parent
 
 
-def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float) -> dict:
+def _calibrated_ratio(old: Path, new: Path, rounds: int, floor: float, shapes: dict[str, list[int]]) -> dict:
     """A/A and A/B p50 ratios over interleaved rounds, on one thread (where this machine repeats within ~10%;
     two-thread figures jumped 1.7x between runs), the order reversed every other round to cancel drift."""
     from exporter.bench.board_script import synthetic_feed
     from exporter.measure import time_interleaved
 
-    feed = synthetic_feed(old)
+    feed = synthetic_feed(old, shapes=shapes)  # the shapes the old build benchmarked (its manifest)
     settings = BenchSection(warmup_runs=5, min_runs=30, min_seconds=0.3, max_seconds=5.0)
     aa, ab, ab2 = [], [], []
     for i in range(rounds):
@@ -93,7 +93,7 @@ def compare(old_path: Path, new_path: Path, rounds: int = 5, floor: float = 0.10
             a, b = old_root / was.artifact.path, new_root / v.artifact.path
             threads = host_threads(v.latency_ms.threads)
             if a.is_file() and b.is_file():
-                lat = _calibrated_ratio(a, b, rounds, floor)
+                lat = _calibrated_ratio(a, b, rounds, floor, {i.name: list(i.shape) for i in before.inputs})
             else:
                 default = floor * (2 if threads > 1 else 1)
                 lat = {

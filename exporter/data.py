@@ -2,40 +2,91 @@
 
 Bad data is caught here, before any export or calibration, with the file and array named:
 a NaN in a calibration set otherwise surfaces much later as a meaningless quantization scale.
+
+The data hold arrays for the data inputs only; state and constant inputs are filled by edgex
+(`exporter.feeding`). For a model with state, each array is a sequence of chunks: shaped
+[chunks, *input shape without the batch] (one sequence) or [sequences, chunks, *...] (equal
+lengths); the dataset keeps them as samples in sequence order, `feeding.steps` chunks each.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from exporter.callables import call_user
 from exporter.errors import UsageError
+from exporter.feeding import Feeding, data_specs, feeding_of
 from exporter.recipe import DataSource, InputSpec, LoadedRecipe
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Arrays named after the model inputs, first axis = samples; labels optional."""
+    """Arrays named after the model inputs, first axis = samples; labels optional.
+
+    `feeding` (models with state or constant inputs): how samples become feeds. Once the state
+    columns are filled (`with_states`, the FP32 model's carried states), every sample is a
+    self-contained query and any subset of samples can be fed; until then only whole sequences."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     digest: str
+    feeding: Feeding | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    @property
+    def filled(self) -> bool:
+        """Every state input has its per-sample values (so samples need not run in sequence)."""
+        return self.feeding is None or all(s.input in self.inputs for s in self.feeding.states)
+
+    def with_states(self, states: dict[str, np.ndarray]) -> Dataset:
+        """The same data with each state input's values per sample; the digest stays the data's."""
+        return replace(self, inputs={**self.inputs, **states})
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """These samples, in this order: no longer sequences, so states must be filled first."""
+        if not self.filled:
+            raise ValueError("a subset of chunks needs the state of each chunk; fill the states first")
+        feeding = None if self.feeding is None else replace(self.feeding, steps=1)
+        labels = None if self.labels is None else self.labels[idx]
+        return replace(make_dataset({k: v[idx] for k, v in self.inputs.items()}, labels), feeding=feeding)
+
+    def sequences(self, idx: np.ndarray) -> Dataset:
+        """Whole sequences `idx` (each `feeding.steps` samples), still in chunk order."""
+        steps = self.feeding.steps if self.feeding is not None else 1
+        rows = (np.asarray(idx)[:, None] * steps + np.arange(steps)).reshape(-1)
+        labels = None if self.labels is None else self.labels[rows]
+        return replace(make_dataset({k: v[rows] for k, v in self.inputs.items()}, labels), feeding=self.feeding)
 
     def take(self, n: int, seed: int) -> Dataset:
         """A seeded subset, the same for the same seed, in the original order."""
         if n >= len(self):
             return self
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        inputs = {k: v[idx] for k, v in self.inputs.items()}
-        labels = None if self.labels is None else self.labels[idx]
-        return make_dataset(inputs, labels)
+        if self.feeding is None:
+            return make_dataset(
+                {k: v[idx] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[idx]
+            )
+        return self.subset(idx)
+
+    def feeds(self, batch: int, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Whole queries in the model's own batch and shapes (a ragged tail is dropped), at most
+        `limit`: what calibration reads. States come from the samples (filled first)."""
+        if self.feeding is not None and not self.filled:
+            raise ValueError("feeds of a model with state need the state of each chunk; fill the states first")
+        batch = min(batch, self.feeding.max_batch() or batch) if self.feeding is not None else batch
+        starts = list(range(0, len(self) - batch + 1, batch))[:limit]
+        return [self.feed(i, i + batch) for i in starts]
+
+    def feed(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples start..stop as one feed (constants added, states in their own layout)."""
+        part = {k: v[start:stop] for k, v in self.inputs.items()}
+        return part if self.feeding is None else self.feeding.feed(part)
 
 
 def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
@@ -163,8 +214,12 @@ def _call(source: DataSource, loaded: LoadedRecipe, field: str) -> object:
 def load_dataset(
     source: DataSource, specs: list[InputSpec], loaded: LoadedRecipe, field: str, tokenizer: object | None = None
 ) -> Dataset:
-    """Arrays from an .npz or a callable, or sentences (file, corpus, callable) tokenized for the model."""
+    """Arrays from an .npz or a callable, or sentences (file, corpus, callable) tokenized for the model.
+
+    Arrays are expected for the data inputs only (`specs` may include state and constant inputs)."""
     where = loaded.path
+    feeding = feeding_of(specs)
+    specs = data_specs(specs)
     sentences = _sentences(source, loaded, field)
     arrays: dict[str, object] = {}
     if source.npz is not None:
@@ -203,6 +258,12 @@ def load_dataset(
         if labels_kept is not None:
             arrays["labels"] = np.asarray(labels_kept)[: len(sentences)]
     labels = arrays.pop("labels", None)
+    if feeding is not None and feeding.carried:
+        if source.limit is not None:
+            arrays = {k: np.asarray(v)[: source.limit] for k, v in arrays.items()}
+            labels = None if labels is None else np.asarray(labels)[: source.limit]
+        arrays, labels, steps = _flatten_sequences(arrays, labels, specs, where, field)
+        feeding = replace(feeding, steps=steps)
     inputs = validate_arrays(arrays, specs, where, field)
     n = len(next(iter(inputs.values())))
     if labels is not None:
@@ -215,11 +276,52 @@ def load_dataset(
                 fix="give one label per sample",
             )
     dataset = make_dataset(inputs, labels)
-    if source.limit is not None and source.limit < len(dataset):
+    if source.limit is not None and source.limit < len(dataset) and (feeding is None or not feeding.carried):
         dataset = make_dataset(
             {k: v[: source.limit] for k, v in inputs.items()}, None if labels is None else labels[: source.limit]
         )
-    return dataset
+    return dataset if feeding is None else replace(dataset, feeding=feeding)
+
+
+def _flatten_sequences(
+    arrays: dict[str, object], labels: object, specs: list[InputSpec], where: Path | str, field: str
+) -> tuple[dict[str, object], np.ndarray | None, int]:
+    """[sequences, chunks, ...] or [chunks, ...] arrays -> samples in sequence order, and chunks per sequence."""
+    flat: dict[str, object] = dict(arrays)
+    seen: tuple[int, int] | None = None
+    for spec in specs:
+        if spec.name not in arrays:
+            continue  # validate_arrays names the missing array
+        arr = np.asarray(arrays[spec.name])
+        rank = len(spec.shape)  # [chunks, *shape[1:]] has the input's rank
+        if arr.ndim == rank + 1:
+            count = (arr.shape[0], arr.shape[1])
+        elif arr.ndim == rank:
+            count = (1, arr.shape[0])
+        else:
+            sample = ", ".join(map(str, spec.shape[1:]))
+            raise UsageError(
+                f"array '{spec.name}' has shape {list(arr.shape)}; a model with state reads sequences of chunks",
+                path=where,
+                field=field,
+                fix=f"give [chunks, {sample}] (one sequence) or [sequences, chunks, {sample}]",
+            )
+        if seen is not None and count != seen:
+            raise UsageError(
+                f"array '{spec.name}' holds {count[0]} sequences of {count[1]} chunks, another input {seen[0]} of {seen[1]}",
+                path=where,
+                field=field,
+                fix="give every data input the same sequences and chunks",
+            )
+        seen = count
+        flat[spec.name] = arr.reshape(count[0] * count[1], *arr.shape[arr.ndim - rank + 1 :])
+    if seen is None:
+        return flat, None if labels is None else np.asarray(labels), 1
+    if labels is not None:
+        labels = np.asarray(labels)
+        if seen[0] > 1 and labels.shape[:2] == seen:
+            labels = labels.reshape(seen[0] * seen[1], *labels.shape[2:])
+    return flat, labels, seen[1]
 
 
 def validate_arrays(

@@ -26,11 +26,12 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import EdgexError, GateFailure, UsageError
+from exporter.errors import EdgexError, GateFailure, InternalError, UsageError, clip, describe_exception
 from exporter.limits import MEMORY_ENV, SECONDS_ENV, Limits, limits
 
 JOB_PACKAGE = "exporter"
@@ -145,7 +146,9 @@ def _result(code: int, out: bytes, model: Path, field: str, lim: Limits) -> Any:
         return message["result"]
     if isinstance(message, dict) and "error" in message:
         err = message["error"]
-        kind, text = err.get("kind"), str(err.get("message", ""))[:500]
+        # Passed up whole (a cut would drop a pydantic field name); only a runaway message is
+        # shortened, at a word boundary.
+        kind, text = err.get("kind"), clip(str(err.get("message", "")), 2000)
         if kind == "memory":
             raise UsageError(
                 f"'{model.name}' needs more memory than the sandbox limit ({lim.memory_mb} MB): {text}",
@@ -157,7 +160,9 @@ def _result(code: int, out: bytes, model: Path, field: str, lim: Limits) -> Any:
             raise UsageError(text)  # already names the file, field and fix
         if kind == "gate":
             raise GateFailure(text)
-        raise RuntimeError(f"in the sandboxed run on '{model.name}': {text}")
+        # edgex's own failure in the child: exit 3 with the child's message and, under -v, its traceback
+        text = text.removeprefix("internal error: ")
+        raise InternalError(f"in the sandboxed run on '{model.name}': {text}", details=str(err.get("traceback", "")))
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         raise UsageError(
@@ -196,11 +201,13 @@ def _child(ref: str) -> int:
         result = {"error": {"kind": "usage", "message": exc.one_line()}}
     except EdgexError as exc:
         kind = "gate" if exc.exit_code == 1 else "internal"
-        result = {"error": {"kind": kind, "message": exc.one_line()}}
+        result = {"error": {"kind": kind, "message": exc.one_line(), "traceback": traceback.format_exc()}}
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        kind = "memory" if "alloc" in first.lower() else "internal"
-        result = {"error": {"kind": kind, "message": f"{type(exc).__name__}: {first}"}}
+        # The whole message (describe_exception names a pydantic error's fields) and the traceback:
+        # the parent's own traceback would end where it re-raised this and show nothing of the cause.
+        text = describe_exception(exc)
+        kind = "memory" if "alloc" in str(exc).lower() else "internal"
+        result = {"error": {"kind": kind, "message": text, "traceback": traceback.format_exc()}}
     channel.write(json.dumps(result, default=str) + "\n")
     channel.flush()
     return 0 if "result" in result else 1

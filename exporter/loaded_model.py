@@ -18,3 +18,4 @@ class LoadedModel:
     onnx_path: Path | None = None
     weights_sha256: str | None = None
     hf: Any = None  # exporter.hf.source.HFModel for Hugging Face folders
+    ingest: dict | None = None  # exporter.ingest record of a given ONNX file (opset, promoted constants, parity)

@@ -220,6 +220,21 @@ class Variant(Record):
     package: VariantPackage
 
 
+class Failure(Record):
+    step: str = Field(description="The step that failed, e.g. 'quantize int8-dynamic', 'preflight and package'.")
+    error: str = Field(description="Why, whole (never cut): the error's type and message.")
+    file: str | None = Field(default=None, description="Name of the file edgex was making when it failed.")
+
+
+class FailedVariant(Record):
+    """A variant the recipe asked for that could not be made or measured; the build went on without it."""
+
+    name: str
+    precision: str
+    parent: str | None
+    failed: Failure
+
+
 class Profile(Record):
     id: str
     name: str
@@ -240,6 +255,10 @@ class Profile(Record):
     verdicts: list[Verdict]
     not_evaluated: list[str]
     ok: bool
+    failed_variants: list[FailedVariant] = Field(
+        default_factory=list,
+        description="Variants that failed (written only when there are any; the profile's `ok` is then false).",
+    )
 
 
 class CellMatrix(Record):

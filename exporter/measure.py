@@ -17,8 +17,9 @@ from exporter.bench.latency import LatencyStats, summarize
 from exporter.bench.memory import peak_memory
 from exporter.bench.power import Meter, meter_for
 from exporter.errors import GateFailure
+from exporter.feeding import Feeding
 from exporter.recipe import BenchSection
-from exporter.runtime import make_session, run_all
+from exporter.runtime import make_session, run_all, run_sequences
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,20 @@ def profile_meter(profile, sensor: str | None = None) -> tuple[Meter | None, dic
 
 
 def evaluate_outputs(
-    path: Path, inputs: dict[str, np.ndarray], threads: int, name: str, mode: str = "deployed"
+    path: Path,
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    name: str,
+    mode: str = "deployed",
+    feeding: Feeding | None = None,
 ) -> list[np.ndarray]:
-    outputs = run_all(make_session(path, threads, mode), inputs)
+    """A variant's outputs on the evaluation samples; with state, each sequence is run chunk by
+    chunk carrying the variant's own state, so its errors compound as they will in the app."""
+    session = make_session(path, threads, mode)
+    if feeding is not None and feeding.carried:
+        outputs = run_sequences(session, inputs, feeding)[0]
+    else:
+        outputs = run_all(session, inputs, feeding=feeding)
     for i, out in enumerate(outputs):
         if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
             raise GateFailure(f"variant '{name}': output {i} contains NaN/Inf on the evaluation set")
@@ -133,11 +145,13 @@ def measure_variants(
     unmeasured: dict | None = None,
     rate_hz: float | None = None,
     affinity: dict | None = None,
+    feeding: Feeding | None = None,
 ) -> dict[str, Measurement]:
+    """`feeding`: the evaluation set's (states carried per variant); `feed`: one timed query."""
     outputs = {}
     for name, path in paths.items():
         log.info(f"[{label}] evaluate {name} on {len(next(iter(eval_inputs.values())))} samples")
-        outputs[name] = evaluate_outputs(path, eval_inputs, threads, name, mode)
+        outputs[name] = evaluate_outputs(path, eval_inputs, threads, name, mode, feeding)
     log.info(
         f"[{label}] time {', '.join(paths)} interleaved ({threads} thread(s), >= {settings.min_runs} runs "
         f"and {settings.min_seconds:g} s each)"

@@ -24,6 +24,7 @@ import numpy as np
 
 from exporter import log
 from exporter.digest import sha256_file
+from exporter.feeding import Feeding
 from exporter.recipe import BenchSection
 from exporter.runtime import make_session, run_all
 from exporter.targets import Target
@@ -53,16 +54,18 @@ names = [i["name"] for i in runtime["inputs"]]
 outputs = [o["name"] for o in runtime["outputs"]]
 worst, agree, ok = 0.0, 0, True
 count = data["input:" + names[0]].shape[0]
+# "feeds": each entry is one whole query (state and constant inputs included, in their own shapes)
+whole = check.get("layout") == "feeds"
 for k in range(count):
-    feed = {n: data["input:" + n][k : k + 1] for n in names}
+    feed = {n: data["input:" + n][k] if whole else data["input:" + n][k : k + 1] for n in names}
     got = session.run(outputs, feed)
     for name, value in zip(outputs, got):
-        want = data["output:" + name][k : k + 1]
+        want = data["output:" + name][k] if whole else data["output:" + name][k : k + 1]
         diff = np.abs(value.astype(np.float64) - want.astype(np.float64))
         worst = max(worst, float(diff.max()))
         ok &= bool(np.all(diff <= check["atol"] + check["rtol"] * np.abs(want)))
-    first = got[0].reshape(len(got[0]), -1)
-    agree += int(first.argmax(-1)[0] == data["output:" + outputs[0]][k : k + 1].reshape(1, -1).argmax(-1)[0])
+    first = data["output:" + outputs[0]][k] if whole else data["output:" + outputs[0]][k : k + 1]
+    agree += int(got[0].reshape(-1).argmax() == first.reshape(-1).argmax())
 print(f"{'PASS' if ok else 'FAIL'}: {count} reference samples on {session.get_providers()[0]}, "
       f"max abs diff {worst:.3g} (atol {check['atol']:.3g}, rtol {check['rtol']}), argmax agreement {agree}/{count}")
 sys.exit(0 if ok else 1)
@@ -135,14 +138,22 @@ def _load_seconds(path: Path, threads: int, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def package_parity(onnx_path: Path, package_path: Path, inputs: dict[str, np.ndarray], threads: int, settings) -> dict:
+def package_parity(
+    onnx_path: Path,
+    package_path: Path,
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    settings,
+    feeding: Feeding | None = None,
+) -> dict:
     """The package against the .onnx it came from: outputs, argmax agreement, load time and latency."""
     from exporter.measure import time_interleaved
 
-    want = run_all(make_session(onnx_path, threads), inputs)[0]
-    got = run_all(make_session(package_path, threads), inputs)[0]
+    want = run_all(make_session(onnx_path, threads), inputs, feeding=feeding)[0]
+    got = run_all(make_session(package_path, threads), inputs, feeding=feeding)[0]
     flat_w, flat_g = want.reshape(len(want), -1), got.reshape(len(got), -1)
-    feed = {k: v[:1] for k, v in inputs.items()}
+    first = {k: v[:1] for k, v in inputs.items()}
+    feed = first if feeding is None else feeding.feed(first)
     lat = time_interleaved({"onnx": onnx_path, "package": package_path}, feed, threads, settings)
     return {
         "samples": len(want),
@@ -156,21 +167,35 @@ def package_parity(onnx_path: Path, package_path: Path, inputs: dict[str, np.nda
     }
 
 
-def reference_bundle(folder: Path, package_path: Path, inputs: dict[str, np.ndarray], threads: int) -> dict:
-    """A few evaluation inputs and the package's outputs on this host, plus the device check script."""
+def reference_bundle(
+    folder: Path, package_path: Path, inputs: dict[str, np.ndarray], threads: int, feeding: Feeding | None = None
+) -> dict:
+    """A few evaluation inputs and the package's outputs on this host, plus the device check script.
+
+    With state or constant inputs each entry is a whole query (layout "feeds"): one chunk with the
+    state the FP32 model carried into it and the constants, so the check runs chunk by chunk."""
     ref = folder / "reference"
     ref.mkdir()
     subset = {k: v[:REFERENCE_SAMPLES] for k, v in inputs.items()}
     session = make_session(package_path, threads)
-    outputs = run_all(session, subset)
-    arrays = {f"input:{k}": v for k, v in subset.items()}
+    layout = {}
+    if feeding is None:
+        outputs = run_all(session, subset)
+        arrays = {f"input:{k}": v for k, v in subset.items()}
+    else:
+        count = len(next(iter(subset.values())))
+        feeds = [feeding.feed({k: v[i : i + 1] for k, v in subset.items()}) for i in range(count)]
+        runs = [session.run(None, feed) for feed in feeds]
+        outputs = [np.stack([r[j] for r in runs]) for j in range(len(session.get_outputs()))]
+        arrays = {f"input:{k}": np.stack([f[k] for f in feeds]) for k in feeds[0]}
+        layout = {"layout": "feeds"}
     arrays.update({f"output:{o.name}": v for o, v in zip(session.get_outputs(), outputs)})
     np.savez(ref / "reference_io.npz", **arrays)
     (ref / "check_reference.py").write_text(CHECK_SCRIPT, encoding="utf-8")
     scale = max(float(np.abs(outputs[0]).max()), 1e-6)
     # Device kernels differ from the host's (fused int8, FP16 accumulation on NPUs): the check is
     # meant to catch a broken deployment, not to demand bit-exact outputs.
-    return {"samples": len(next(iter(subset.values()))), "atol": round(0.02 * scale, 6), "rtol": 0.05}
+    return {"samples": len(next(iter(subset.values()))), "atol": round(0.02 * scale, 6), "rtol": 0.05, **layout}
 
 
 def shape_profile_options(session, shapes: dict[str, list[int]]) -> dict[str, str]:
@@ -204,7 +229,11 @@ def runtime_json(
     files: dict,
     check: dict,
     shapes: dict[str, list[int]],
+    feeding: Feeding | None = None,
 ) -> dict:
+    """What an app needs to create the session and feed it: for a model with state, which inputs
+    are carried from which outputs (and from what initial value); which are constants, with values."""
+
     def describe(values) -> list[dict]:
         return [
             {"name": v.name, "shape": v.shape, "dtype": v.type.removeprefix("tensor(").removesuffix(")")}
@@ -234,6 +263,7 @@ def runtime_json(
         },
         "inputs": describe(session.get_inputs()),
         "outputs": describe(session.get_outputs()),
+        **fed_by_app(feeding),
         "preprocessing": notes.get("preprocessing", ""),
         "postprocessing": notes.get("postprocessing", ""),
         "files": files,
@@ -241,11 +271,39 @@ def runtime_json(
     }
 
 
+def fed_by_app(feeding: Feeding | None) -> dict:
+    """runtime.json's `state_inputs` and `constant_inputs`: the inputs the app fills itself."""
+    if feeding is None:
+        return {"state_inputs": [], "constant_inputs": {}}
+    states = [
+        {
+            "input": s.input,
+            "from_output": s.output,
+            "initial": s.initial,
+            "shape": list(s.shape),
+            "dtype": s.dtype,
+            "batch_axis": s.batch_axis,
+            "reset": "fill with `initial` at the start of every stream; then feed the previous run's output",
+        }
+        for s in feeding.states
+    ]
+    constants = {
+        name: {"value": value.tolist(), "shape": list(value.shape), "dtype": str(value.dtype)}
+        for name, value in sorted(feeding.constants.items())
+    }
+    return {"state_inputs": states, "constant_inputs": constants}
+
+
 PACKAGE_BENCH = BenchSection(warmup_runs=3, min_runs=20, min_seconds=0.2, max_seconds=5.0)
 
 
 def preflight_and_package(
-    profile_id: str, target: Target, paths: dict[str, Path], inputs: dict[str, np.ndarray], threads: int
+    profile_id: str,
+    target: Target,
+    paths: dict[str, Path],
+    inputs: dict[str, np.ndarray],
+    threads: int,
+    feeding: Feeding | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Operator coverage of every variant, and its device package (.ort where the target wants it)."""
     from exporter.preflight import preflight
@@ -263,7 +321,7 @@ def preflight_and_package(
         if target.package_format == "ort":
             log.info(f"[{profile_id}] package {name} as ORT format ({target.ort_optimization_style} optimizations)")
             ort_path, config, reproducible = to_ort(path, path.parent, target.ort_optimization_style)
-            parity = package_parity(path, ort_path, inputs, threads, PACKAGE_BENCH)
+            parity = package_parity(path, ort_path, inputs, threads, PACKAGE_BENCH, feeding)
             packages[name] = {
                 "path": f"{profile_id}/{ort_path.name}",
                 "format": "ort",
@@ -286,11 +344,12 @@ def ship(
     files: dict,
     notes: dict,
     shapes: dict[str, list[int]],
+    feeding: Feeding | None = None,
 ) -> dict:
     """runtime.json and the reference bundle for the variant that ships."""
-    check = reference_bundle(folder, folder / model_file, inputs, threads)
+    check = reference_bundle(folder, folder / model_file, inputs, threads, feeding)
     session = make_session(folder / model_file, threads)
-    runtime = runtime_json(profile, target, model_file, session, notes, files, check, shapes)
+    runtime = runtime_json(profile, target, model_file, session, notes, files, check, shapes, feeding)
     (folder / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return runtime
 

@@ -10,11 +10,10 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from exporter.errors import UsageError
+from exporter.recipe_inputs import InputSpec, inputs_problem
 from exporter.recipe_parts import CALLABLE_PATTERN, DataSource, exactly_one
 from exporter.recipe_steps import CompressStep, compress_order_problem
 from exporter.schema_base import Strict, parse, read_yaml
-
-DType = Literal["float32", "float16", "int64", "int32", "uint8", "int8", "bool"]
 
 
 class TorchSource(Strict):
@@ -61,24 +60,6 @@ class HFSource(Strict):
 
 
 ModelSource = Annotated[TorchSource | OnnxSource | HFSource, Field(discriminator="source")]
-
-
-class InputSpec(Strict):
-    name: str
-    shape: list[int] = Field(min_length=1, description="The benchmark/export shape, batch first.")
-    dtype: DType = "float32"
-    dynamic_axes: dict[int, str] = Field(
-        default_factory=dict, description="Axis index -> name, kept dynamic where the target allows."
-    )
-
-    @model_validator(mode="after")
-    def _axes_in_range(self) -> InputSpec:
-        for axis in self.dynamic_axes:
-            if not 0 <= axis < len(self.shape):
-                raise ValueError(f"dynamic axis {axis} is outside a shape of rank {len(self.shape)}")
-        if any(d <= 0 for d in self.shape):
-            raise ValueError("every dimension must be a positive integer")
-        return self
 
 
 class DataSection(Strict):
@@ -195,7 +176,11 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelSource
     inputs: list[InputSpec] | None = Field(
-        default=None, min_length=1, description="Required for torch and onnx sources; derived for hf."
+        default=None,
+        min_length=1,
+        description="Every model input with the shape the build uses (required for torch and onnx sources; "
+        "derived for hf): data inputs, `state: {output: NAME, initial: 0.0}` inputs carried from the previous "
+        "chunk, and `value:` constants such as a sample rate.",
     )
     outputs: list[str] | None = Field(default=None, description="Output names; defaults to output_0..")
     data: DataSection
@@ -247,4 +232,8 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             field="compress",
             fix="order: student (optional, first), prune and/or lowrank (each at most once), distill (at most once, last)",
         )
+    problem = inputs_problem(recipe.inputs, recipe.outputs) if recipe.inputs else None
+    if problem is not None:
+        field, message, fix = problem
+        raise UsageError(message, path=path, field=field, fix=fix or None)
     return LoadedRecipe(recipe=recipe, path=path.resolve(), sha256=hashlib.sha256(path.read_bytes()).hexdigest())

@@ -61,7 +61,11 @@ def write_report(
     ]
     lines += _compression_lines(metric, compression or {})
     for prof in profiles:
-        status = "within budget" if prof["ok"] else "**BUDGET MISSED**"
+        failed = prof.get("failed_variants") or []
+        missed = any(v["ok"] is False and v["budget"] != "failed_variants" for v in prof["verdicts"])
+        status = "within budget" if prof["ok"] else "**BUDGET MISSED**" if missed else "budgets met"
+        if failed:
+            status += f"; **{len(failed)} VARIANT{'S' if len(failed) > 1 else ''} FAILED** (below)"
         lines += [
             f"## {prof['id']} — {prof['name']}",
             "",
@@ -70,18 +74,22 @@ def write_report(
             f"Package: `{prof['package']['model']}` ({prof['package']['format']}) with `runtime.json` and a reference "
             f"check (`{prof['package']['reference']}`).",
             "",
-            "| variant | precision | size MB | p50 ms | p90 ms | p99 ms | memory MB | "
+            "| variant | precision | size MB | p50 ms | p90 ms | p99 ms | vs FP32 p50 | memory MB | "
             + metric
             + " | drop | MACs | ok |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        fp32_p50 = next((v["latency_ms"]["p50"] for v in prof["variants"] if v["name"] == "baseline"), None)
         for v in prof["variants"]:
             lat = v["latency_ms"]
+            ratio = f"{lat['p50'] / fp32_p50:.2f}x" if fp32_p50 else "—"
             lines.append(
                 f"| {v['name']} | {v['artifact']['precision']} | {v['artifact']['bytes'] / 1e6:.3f} | "
-                f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {v['memory_mb']:.1f} | "
+                f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {ratio} | {v['memory_mb']:.1f} | "
                 f"{v['metric']['value']:.4f} | {v['metric']['drop']:+.4f} | {v['macs']:,} | {_fmt(v['ok'])} |"
             )
+        lines += _speed_lines(prof)
+        lines += _failed_lines(failed)
         lines += [
             "",
             "Device estimates (not measurements; model and constants in the manifest's `device_estimate`):",
@@ -164,6 +172,49 @@ def write_report(
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _speed_lines(prof: dict) -> list[str]:
+    """What the "vs FP32" column means on this target: a rule on CPU targets, a host figure elsewhere."""
+    if prof["execution_provider"] == "CPUExecutionProvider":
+        slow = [
+            f"`{v['name']}` ({verdict['value']:.2f}x)"
+            for v in prof["variants"]
+            for verdict in v["verdicts"]
+            if verdict["budget"] == "int8_speed_vs_fp32" and verdict["ok"] is False
+        ]
+        return [
+            "",
+            "\"vs FP32 p50\": the variant's p50 over FP32's, timed interleaved in the same run. On a CPU "
+            "target no INT8 file more than 5% slower than FP32 ships (verdict `int8_speed_vs_fp32`)"
+            + (f"; failed it, so not shipped while FP32 meets the budgets: {', '.join(slow)}." if slow else "."),
+        ]
+    return [
+        "",
+        f'"vs FP32 p50" is a **host** ratio (onnxruntime CPU on the build machine), **not a device figure**: '
+        f"{prof['execution_provider']} runs its own kernels, which this host cannot time. INT8 that is slower "
+        "than FP32 here says nothing about the device; time it there (`edgex bench --runner`).",
+    ]
+
+
+def _failed_lines(failed: list[dict]) -> list[str]:
+    """Variants that failed, each with its step and its whole reason (the build went on without them)."""
+    if not failed:
+        return []
+    lines = [
+        "",
+        "Failed variants (recorded in the manifest's `failed_variants`; the build went on with the others, "
+        "and the profile fails on `failed_variants`, exit 1):",
+        "",
+        "| variant | precision | step | file | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for f in failed:
+        why = f["failed"]["error"].replace("|", "\\|")
+        lines.append(
+            f"| {f['name']} | {f['precision']} | {f['failed']['step']} | {f['failed'].get('file') or '—'} | {why} |"
+        )
+    return lines
 
 
 def _power_lines(prof: dict) -> list[str]:

@@ -4,6 +4,10 @@ They live here, above the guard, so the guard imports none of them: a caller nam
 (`run_on_model(bench_job, ...)`) and the child imports it by reference. Each takes the JSON
 payload the parent sent and returns JSON-able data. Adding a job is one function here marked
 with `sandbox_job`.
+
+Input shapes travel in the payload as given (`shapes`: {name: sizes} from `--shape`, or a recipe's
+inputs) and are resolved against the file here, in the child (`exporter.shapes.resolve_shapes`):
+the model is only ever parsed where it may be run.
 """
 
 from __future__ import annotations
@@ -14,11 +18,33 @@ from typing import Any
 
 from exporter.errors import EdgexError, UsageError
 from exporter.isolate import run_isolated, sandbox_job
+from exporter.shapes import SHAPE_FLAG
 
 
-def probe(model: Path, field: str = "model", threads: int = 1) -> dict:
-    """Create a session for MODEL and run it once on seeded inputs of its declared shapes, in the sandbox."""
-    return run_isolated(probe_job, {"path": str(model), "threads": threads, "field": field}, model, field)
+def probe(
+    model: Path,
+    field: str = "model",
+    threads: int = 1,
+    shapes: dict[str, list[int]] | None = None,
+    shapes_field: str = SHAPE_FLAG,
+) -> dict:
+    """Create a session for MODEL and run it once on seeded inputs of the given shapes, in the sandbox.
+
+    shapes: sizes for the file's dynamic dimensions (a build passes its recipe's `inputs`, named by
+    `shapes_field` in errors); a dynamic dimension without one is exit 2, never a guessed 1."""
+    payload = {"path": str(model), "threads": threads, "field": field, "shapes": shapes, "shapes_field": shapes_field}
+    return run_isolated(probe_job, payload, model, field)
+
+
+def _resolved(p: dict, field: str = SHAPE_FLAG) -> dict[str, list[int]]:
+    """The payload's shapes resolved against the model file (the child's copy of the file)."""
+    import onnx
+
+    from exporter.shapes import resolve_shapes
+
+    path = Path(p["path"])
+    model = onnx.load(str(path), load_external_data=False)
+    return resolve_shapes(model, p.get("shapes"), path, p.get("shapes_field", field))
 
 
 @sandbox_job
@@ -26,8 +52,9 @@ def probe_job(p: dict) -> dict:
     from exporter.bench.board_script import synthetic_feed
     from exporter.runtime import make_session
 
+    shapes = _resolved(p)
     session = _session(Path(p["path"]), p["field"], p.get("threads", 1), make_session)
-    feed = synthetic_feed(session)
+    feed = synthetic_feed(session, shapes=shapes)
     try:
         outs = session.run(None, feed)
     except Exception as exc:
@@ -50,7 +77,13 @@ def bench_job(p: dict) -> dict:
     prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
     return _guarded(
         Path(p["path"]),
-        lambda: bench_file(Path(p["path"]), prof, BenchSection(**p["settings"]), power_sensor=p.get("power_sensor")),
+        lambda: bench_file(
+            Path(p["path"]),
+            prof,
+            BenchSection(**p["settings"]),
+            power_sensor=p.get("power_sensor"),
+            shapes=p.get("shapes"),
+        ),
     )
 
 
@@ -58,7 +91,8 @@ def bench_job(p: dict) -> dict:
 def inspect_job(p: dict) -> dict:
     from exporter.graph_stats import inspect_model
 
-    return inspect_model(Path(p["path"]))
+    shapes = _resolved(p)
+    return {**inspect_model(Path(p["path"]), shapes), "shapes": shapes}
 
 
 @sandbox_job
@@ -71,7 +105,7 @@ def quantize_job(p: dict) -> dict:
     for key in ("calibration", "out", "evaluation"):
         if args.get(key) is not None:
             args[key] = Path(args[key])
-    return _guarded(Path(p["path"]), lambda: quantize_file(Path(p["path"]), prof, **args))
+    return _guarded(Path(p["path"]), lambda: quantize_file(Path(p["path"]), prof, shapes=p.get("shapes"), **args))
 
 
 @sandbox_job
@@ -81,7 +115,9 @@ def diagnose_job(p: dict) -> dict:
 
     path = Path(p["path"])
     fp32 = Path(p["fp32"]) if p.get("fp32") else None
-    return _guarded(path, lambda: diagnose(path, synthetic_feed(path), fp32))
+    shapes = _resolved(p)
+    report = _guarded(path, lambda: diagnose(path, synthetic_feed(path, shapes=shapes), fp32))
+    return {**report, "shapes": shapes}
 
 
 def _session(path: Path, field: str, threads: int, make: Callable):

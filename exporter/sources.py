@@ -6,8 +6,9 @@ anything else refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.loaded_model import LoadedModel
 from exporter.recipe import LoadedRecipe, OnnxSource, TorchSource
+from exporter.targets import Target
 
 
 @contextmanager
@@ -111,7 +113,7 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
+def load_torch(spec: TorchSource, loaded: LoadedRecipe, targets: Sequence[Target] = ()) -> LoadedModel:
     module = call_user(
         spec.factory,
         loaded.path.parent,
@@ -159,7 +161,10 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe) -> LoadedModel:
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
 
-def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
+def load_onnx(spec: OnnxSource, loaded: LoadedRecipe, targets: Sequence[Target] = ()) -> LoadedModel:
+    """A given ONNX file, checked, run once in the sandbox, then ingested for the build's targets
+    (opset converted, Constant weights promoted: `exporter.ingest`); the ingested graph is written
+    to a per-process folder and is what the build exports and takes its FP32 reference from."""
     from exporter.onnx_io import check_onnx_file
 
     path = loaded.resolve(spec.path)
@@ -179,11 +184,44 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe) -> LoadedModel:
 
     check_initializers(model, loaded.path, "model.path")
     # Not built here: it must load and run once in the limited child before any session in this process.
-    probe(path, field="model.path")
-    return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=sha256_file(path))
+    probe(path, field="model.path", shapes={s.name: list(s.shape) for s in loaded.recipe.inputs}, shapes_field="inputs")
+    digest = sha256_file(path)
+    if not targets:
+        return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=digest)
+    from exporter.ingest import ingest
+
+    shapes = {s.name: list(s.shape) for s in loaded.recipe.inputs}
+    ingested, record = ingest(path, targets, shapes, seed=loaded.recipe.seed, where=path, field_name="model.path")
+    if not record.changed:
+        return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=digest, ingest=record.as_dict())
+    from exporter import log
+    from exporter.onnx_io import save_model
+
+    log.info(f"[{loaded.recipe.name}] ingest {path.name}: {record.summary()}")
+    check_initializers(ingested, loaded.path, "model.path")  # promoted Constant weights are weights too
+    out = _ingest_folder() / f"{digest[:16]}-op{record.opset_to}.onnx"
+    save_model(ingested, out)
+    return LoadedModel(
+        kind="onnx",
+        onnx_path=out,
+        weights_sha256=digest,
+        ingest={**record.as_dict(), "source": str(path), "summary": record.summary()},
+    )
 
 
-def load_hf(spec: Any, loaded: LoadedRecipe) -> LoadedModel:
+@cache
+def _ingest_folder() -> Path:
+    """One folder per process for ingested graphs, removed at exit (a build stages its outputs elsewhere)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="edgex-ingest-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def load_hf(spec: Any, loaded: LoadedRecipe, targets: Sequence[Target] = ()) -> LoadedModel:
     try:
         from exporter.hf.source import load_hf as _load
     except ImportError as exc:
@@ -196,9 +234,10 @@ def load_hf(spec: Any, loaded: LoadedRecipe) -> LoadedModel:
     return _load(spec, loaded)
 
 
-SOURCES: dict[str, Callable[[Any, LoadedRecipe], LoadedModel]] = {"torch": load_torch, "onnx": load_onnx, "hf": load_hf}
+SOURCES: dict[str, Callable[..., LoadedModel]] = {"torch": load_torch, "onnx": load_onnx, "hf": load_hf}
 
 
-def load_model(loaded: LoadedRecipe) -> LoadedModel:
+def load_model(loaded: LoadedRecipe, targets: Sequence[Target] = ()) -> LoadedModel:
+    """targets: the build's (one per chosen profile); a given ONNX file is ingested for them."""
     spec = loaded.recipe.model
-    return SOURCES[spec.source](spec, loaded)
+    return SOURCES[spec.source](spec, loaded, targets)

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "exporter.hf.text": 0,  # text corpora are data, read by data.py
     "exporter.compress": 2,
     "exporter.export": 2,
+    "exporter.ingest": 2,
     "exporter.quantize": 2,
     "exporter.quant": 2,
     "exporter.package": 2,

@@ -2,7 +2,7 @@
 
 The remote runner (exporter/bench/remote.py) copies this file, power.py and the model into a
 temporary folder on the board and calls `main(folder)`. It reads `settings.json` (threads, cores to
-pin them to, warm-up, runs, seconds, seed, power sensor), times the model single-stream the way a local `edgex bench`
+pin them to, warm-up, runs, seconds, seed, input shapes, power sensor), times the model single-stream the way a local `edgex bench`
 does (two blocks, each at least half the runs and half the seconds), reads the process's own peak
 RSS, and prints one JSON line: raw samples and facts, which the host turns into the same result a
 local run gives. Python 3.8 compatible (JetPack 5 ships 3.8).
@@ -45,25 +45,47 @@ def open_session(path: str, threads: int = 1, level=None):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def synthetic_feed(model, seed: int = 0) -> dict:
-    """Seeded inputs in the declared shapes (dynamic dimensions as 1): normal floats, zero integers.
+def synthetic_feed(model, seed: int = 0, shapes=None) -> dict:
+    """Seeded inputs in the given shapes: normal floats, zero integers.
 
-    `model`: a model file, an onnxruntime session, or the session's `get_inputs()`."""
+    `model`: a model file, an onnxruntime session, or the session's `get_inputs()`. `shapes`:
+    {input name: sizes} (edgex resolves them with exporter.shapes.resolve_shapes). A fixed size the
+    model declares is used as is; a dynamic one (symbolic or unknown) must be given: no size is
+    ever guessed, because timing a 1x1 image of a detector is no measure of the 640x640 one.
+    Raises ValueError naming the input and axis otherwise."""
     import numpy as np
 
     if isinstance(model, (str, os.PathLike)):
         model = open_session(os.fspath(model))
     inputs = model.get_inputs() if hasattr(model, "get_inputs") else model
+    shapes = shapes or {}
     rng = np.random.default_rng(seed)
     feed = {}
     for inp in inputs:
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        shape = _feed_shape(inp.name, list(inp.shape), shapes.get(inp.name))
         dtype = np.dtype(NUMPY_TYPES.get(inp.type, "float32"))
         if np.issubdtype(dtype, np.floating):
             feed[inp.name] = rng.standard_normal(shape).astype(dtype)
         else:
             feed[inp.name] = np.zeros(shape, dtype=dtype)
     return feed
+
+
+def _feed_shape(name: str, declared: list, given) -> list:
+    """The declared shape with each dynamic size taken from `given`; ValueError where that cannot be."""
+    if given is not None:
+        given = [int(d) for d in given]
+        if len(given) != len(declared):
+            raise ValueError(f"input '{name}' has rank {len(declared)}, the shape given has {len(given)} sizes")
+        for axis, (d, g) in enumerate(zip(declared, given)):
+            if isinstance(d, int) and d > 0 and d != g:
+                raise ValueError(f"input '{name}' axis {axis} is fixed at {d}, the shape given says {g}")
+        return given
+    for axis, d in enumerate(declared):
+        if not (isinstance(d, int) and d > 0):
+            what = repr(d) if d else "unnamed"
+            raise ValueError(f"input '{name}' axis {axis} ({what}) is dynamic and no size was given for it")
+    return declared
 
 
 def block_limits(min_runs: int, min_seconds: float, max_seconds: float, rounds: int) -> tuple:
@@ -119,7 +141,7 @@ def run(folder: str, settings: dict) -> dict:
     threads = max(1, min(int(settings["threads"]), os.cpu_count() or 1))
     before = status_mb("VmRSS")
     sess = open_session(os.path.join(folder, "model.onnx"), threads)
-    feed = synthetic_feed(sess, int(settings.get("seed", 0)))
+    feed = synthetic_feed(sess, int(settings.get("seed", 0)), settings.get("shapes"))
     meter, power = None, None
     spec = settings.get("power")
     if spec:

@@ -4,7 +4,8 @@
   ssh://[user@]host[:port] a board with Python, numpy and onnxruntime: the model, board_script.py and
                            power.py go over one ssh connection (a tar stream on stdin, unpacked into a
                            temporary folder that is removed afterwards), the script runs there with the
-                           profile's threads, warm-up, runs and seconds, and its raw samples come back
+                           profile's threads, warm-up, runs and seconds and the input shapes resolved
+                           here, and its raw samples come back
 
 Each runner returns a `RawRun`; exporter.bench_file turns it into the same result either way.
 The ssh runner uses the system's OpenSSH client, so the user's ~/.ssh/config, agent and
@@ -71,6 +72,7 @@ class BenchJob:
     settings: BenchSection
     power: dict | tuple | None  # ssh: what the board should measure; local: (meter, unmeasured, rate)
     affinity: list[int] | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # every input's sizes (exporter.shapes)
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def run_ssh(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
         "min_seconds": settings.min_seconds,
         "max_seconds": settings.max_seconds,
         "seed": 0,
+        "shapes": job.shapes,
         "power": power,
     }
     remote = f"{options.remote_python} -c {shlex.quote(BOOTSTRAP)}"
@@ -245,7 +248,7 @@ def run_local(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
     from exporter.runtime import host_threads
 
     threads = host_threads(job.threads)
-    feed = synthetic_feed(job.path)
+    feed = synthetic_feed(job.path, shapes=job.shapes)
     meter, unmeasured, rate = job.power if job.power is not None else (None, None, None)
     pinning = plan(job.affinity)
     timed = time_interleaved({"model": job.path}, feed, threads, job.settings, meter=meter, affinity=pinning)

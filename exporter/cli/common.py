@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from exporter import log
-from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError
+from exporter.errors import EXIT_GATE, EXIT_INTERNAL, EdgexError, clip, describe_exception
 
 if TYPE_CHECKING:
     from exporter.profiles import DeviceProfile
@@ -78,22 +78,31 @@ def command(fn: Callable) -> Callable:
         try:
             code = fn(*args, **kwargs)
         except EdgexError as exc:
+            if exc.exit_code == EXIT_INTERNAL:
+                _internal(exc, exc.one_line(), as_json, type(exc).__name__)
             fail(exc.one_line(), exc.exit_code, as_json, type(exc).__name__)
         except KeyboardInterrupt:
             fail("interrupted", 130, as_json, "KeyboardInterrupt")
         except Exception as exc:  # an edgex bug, not the user's input
-            if log._level >= 2:
-                traceback.print_exc()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            fail(
-                f"internal error: {type(exc).__name__}: {first} (rerun with -v for the traceback)",
-                EXIT_INTERNAL,
-                as_json,
-                "InternalError",
-            )
+            _internal(exc, f"internal error: {clip(describe_exception(exc), 1000)}", as_json, "InternalError")
         sys.exit(code or 0)
 
     return wrapper
+
+
+def _internal(exc: BaseException, message: str, as_json: bool, kind: str) -> None:
+    """Exit 3: the whole message (pydantic errors with their fields), the tracebacks under -v.
+
+    A sandboxed child's traceback (`InternalError.details`) is printed before the parent's: the
+    parent's alone ends at the line that re-raised the child's error and shows nothing of the cause."""
+    details = getattr(exc, "details", "")
+    if log._level >= 2:
+        if details:
+            click.echo(details.rstrip("\n"), err=True)
+        traceback.print_exc()
+    else:
+        message += " (rerun with -v for the traceback)"
+    fail(message, EXIT_INTERNAL, as_json, kind)
 
 
 def fail(message: str, code: int, as_json: bool, kind: str) -> None:

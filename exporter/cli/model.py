@@ -2,6 +2,8 @@
 
 The file was not built here, so each runs it only in the sandbox (`isolate.run_on_model`) with
 the matching job from `exporter.sandbox_jobs`; only `bench --runner ssh://...` reads it here, to copy it.
+Each takes `--shape NAME=1x3x640x640` for the file's dynamic dimensions (parsed here, resolved against
+the file in the child, printed with every result and listed as `shapes` in --json).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import click
 from exporter.cli.common import JSON_OPT, JUNIT_OPT, command, emit, emit_judged, get_profile, profile_payload
 from exporter.isolate import run_on_model
 from exporter.sandbox_jobs import bench_job, diagnose_job, inspect_job, quantize_job
+from exporter.shapes import SHAPE_FLAG, SHAPE_HELP, parse_shape_options
+from exporter.shapes import describe as describe_shapes
+
+SHAPE_OPT = click.option(SHAPE_FLAG, "shape_options", multiple=True, metavar="NAME=DIMS", help=SHAPE_HELP)
 
 
 @click.command()
@@ -21,6 +27,7 @@ from exporter.sandbox_jobs import bench_job, diagnose_job, inspect_job, quantize
 @click.option("--runs", type=click.IntRange(1), default=100, show_default=True, help="Minimum timed runs.")
 @click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
 @click.option("--mlperf", is_flag=True, help="MLPerf minimums: at least 1024 queries and 60 s.")
+@SHAPE_OPT
 @JUNIT_OPT
 @click.option("--runner", default="local", show_default=True, help="Where to run: local, or ssh://user@host[:port].")
 @click.option("--remote-python", default="python3", show_default=True, help="The board's Python (ssh runner).")
@@ -45,6 +52,7 @@ def bench(
     runs: int,
     seconds: float,
     mlperf: bool,
+    shape_options: tuple[str, ...],
     junit: Path | None,
     runner: str,
     remote_python: str,
@@ -64,6 +72,7 @@ def bench(
     from exporter.bench.remote import RunnerOptions
     from exporter.recipe import BenchSection, run_cap
 
+    shapes = parse_shape_options(shape_options)
     prof = get_profile(ctx, profile_id)
     cap = max(10.0, run_cap(runs, seconds))
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=cap, mlperf=mlperf).effective()
@@ -71,14 +80,19 @@ def bench(
         result = run_on_model(
             bench_job,
             model,
-            {**profile_payload(ctx, prof), "settings": settings.model_dump(), "power_sensor": power_sensor},
+            {
+                **profile_payload(ctx, prof),
+                "settings": settings.model_dump(),
+                "power_sensor": power_sensor,
+                "shapes": shapes,
+            },
             extra_seconds=2 * settings.max_seconds,
         )
     else:  # the model runs on the board; here it is only checked and copied
         from exporter.bench_file import bench_file
 
         options = RunnerOptions(remote_python, ssh_config, identity, known_hosts, accept_new_host_key)
-        result = bench_file(model, prof, settings, runner, options, power_sensor)
+        result = bench_file(model, prof, settings, runner, options, power_sensor, shapes)
     if junit is not None:
         from exporter.junit import write_junit
 
@@ -89,8 +103,9 @@ def bench(
     def text(r: dict) -> str:
         lat = r["latency_ms"]
         where = "host measurement" if r["runner"]["kind"] == "local" else f"measured on {r['runner']['target']}"
+        used = describe_shapes(r["shapes"])
         lines = [
-            f"{r['model']} on {r['profile']} ({where}, {r['threads']['host']} thread(s)): "
+            f"{r['model']} on {r['profile']} at {used} ({where}, {r['threads']['host']} thread(s)): "
             f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms over {lat['runs']} runs; "
             f"memory {r['memory']['session_mb']:.1f} MB; size {r['size_mb']:.3f} MB; {describe(r['threads']['affinity'])}"
         ]
@@ -102,7 +117,9 @@ def bench(
             )
         for v in r["verdicts"]:
             ok = {True: "pass", False: "FAIL", None: "not evaluated"}[v["ok"]]
-            lines.append(f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']} ({v['basis']})")
+            lines.append(
+                f"  {v['budget']:<18} {ok:<13} value {v['value']} limit {v['limit']} ({v['basis']}; judged on {used})"
+            )
         return "\n".join(lines)
 
     return emit_judged(result, as_json, text)
@@ -133,6 +150,7 @@ def bench(
 @click.option(
     "--max-drop", type=click.FloatRange(0), help="Largest allowed 1 - cosine (default: the profile's budget)."
 )
+@SHAPE_OPT
 @JSON_OPT
 @click.pass_context
 @command
@@ -147,6 +165,7 @@ def quantize(
     samples: int,
     evaluation: Path | None,
     max_drop: float | None,
+    shape_options: tuple[str, ...],
     as_json: bool,
 ) -> int:
     """Quantize an existing ONNX MODEL for a profile's target (exit 1 when the fidelity budget is missed).
@@ -154,6 +173,7 @@ def quantize(
     \b
     Example: edgex quantize model.onnx --profile raspberry-pi-5-cpu --calibration calib.npz --out model-int8.onnx
     """
+    shapes = parse_shape_options(shape_options)
     prof = get_profile(ctx, profile_id)
     args = {
         "calibration": str(calibration),
@@ -164,11 +184,12 @@ def quantize(
         "evaluation": None if evaluation is None else str(evaluation),
         "max_drop": max_drop,
     }
-    result = run_on_model(quantize_job, model, {**profile_payload(ctx, prof), "args": args})
+    result = run_on_model(quantize_job, model, {**profile_payload(ctx, prof), "args": args, "shapes": shapes})
 
     def text(r: dict) -> str:
         lines = [
-            f"{r['out']}: {r['precision']} for {r['profile']} ({r['target']}), cosine {r['cosine']:.4f} vs FP32 "
+            f"{r['out']}: {r['precision']} for {r['profile']} ({r['target']}) at {describe_shapes(r['shapes'])}, "
+            f"cosine {r['cosine']:.4f} vs FP32 "
             f"on {r['evaluated_on']} (budget: drop <= {r['budget']:g}), size {100 * r['size_ratio']:.0f}% of FP32"
         ]
         search = r.get("search") or {}
@@ -187,10 +208,13 @@ def quantize(
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--profile", "profile_id", required=True, help="Profile whose target the model is meant for.")
 @click.option("--fp32", type=click.Path(path_type=Path), help="The FP32 source, for per-op time side by side.")
+@SHAPE_OPT
 @JSON_OPT
 @click.pass_context
 @command
-def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None, as_json: bool) -> int:
+def diagnose(
+    ctx: click.Context, model: Path, profile_id: str, fp32: Path | None, shape_options: tuple[str, ...], as_json: bool
+) -> int:
     """Explain a slow or inaccurate quantized MODEL: unfused Q/DQ, float ops, requantization, per-op time.
 
     \b
@@ -199,16 +223,19 @@ def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None
     """
     from exporter.onnx_io import check_onnx_file
 
+    shapes = parse_shape_options(shape_options)
     prof = get_profile(ctx, profile_id)
     if fp32 is not None:
         check_onnx_file(fp32, field="--fp32")
-    report = run_on_model(diagnose_job, model, {"fp32": None if fp32 is None else str(fp32)})
+    report = run_on_model(diagnose_job, model, {"fp32": None if fp32 is None else str(fp32), "shapes": shapes})
     report["profile"] = prof.id
     report["target"] = prof.target
 
     def text(r: dict) -> str:
         top = ", ".join(f"{k} {v:.2f} ms" for k, v in list(r["time_ms_by_op_type"].items())[:6])
-        lines = [f"{r['model']} for {r['profile']} (host CPU provider, 1 thread): {top}"]
+        lines = [
+            f"{r['model']} for {r['profile']} at {describe_shapes(r['shapes'])} (host CPU provider, 1 thread): {top}"
+        ]
         lines += [f"  - {f}" for f in r["findings"]] or ["  - nothing unusual found"]
         return "\n".join(lines)
 
@@ -218,17 +245,23 @@ def diagnose(ctx: click.Context, model: Path, profile_id: str, fp32: Path | None
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@SHAPE_OPT
 @JSON_OPT
 @command
-def inspect(model: Path, as_json: bool) -> int:
+def inspect(model: Path, shape_options: tuple[str, ...], as_json: bool) -> int:
     """Inputs/outputs, opset, op histogram, parameters, MACs and size of an ONNX MODEL."""
-    info = run_on_model(inspect_job, model, {})
+    info = run_on_model(inspect_job, model, {"shapes": parse_shape_options(shape_options)})
 
     def text(d: dict) -> str:
         lines = [
             f"{d['path']}: {d['bytes'] / 1e6:.3f} MB, opset {d['opset']}, {d['nodes']} nodes, "
-            f"{d['parameters']:,} parameters, {d['macs']:,} MACs"
+            f"{d['parameters']:,} parameters, {d['macs']:,} MACs at {describe_shapes(d['shapes'])}"
         ]
+        if d["parameters_in_constant_nodes"]:
+            lines.append(f"  {d['parameters_in_constant_nodes']:,} of the parameters are held in Constant nodes")
+        if d.get("macs_uncounted_nodes"):
+            n = len(d["macs_uncounted_nodes"])
+            lines.append(f"  MACs of {n} node(s) not counted: sizes unknown after shape inference")
         lines += [f"  input  {i['name']}: {i['dtype']} {i['shape']}" for i in d["inputs"]]
         lines += [f"  output {o['name']}: {o['dtype']} {o['shape']}" for o in d["outputs"]]
         lines.append("  ops: " + ", ".join(f"{k}×{v}" for k, v in d["op_histogram"].items()))

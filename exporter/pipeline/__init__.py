@@ -27,9 +27,21 @@ from exporter.pipeline.deliverable import (
     DELIVERABLE_TIE_BAND,
     choose_deliverable,
     deliverable_of,
+    failed_variants_verdicts,
+    speed_verdicts,
     variant_record,
 )
-from exporter.pipeline.variants import compressed_for, export_for, produce_variants, student_context
+from exporter.pipeline.variants import (
+    FP32_VARIANTS,
+    compressed_for,
+    discard_variant,
+    export_for,
+    failure_record,
+    ordered_failures,
+    produce_variants,
+    smoke_run,
+    student_context,
+)
 from exporter.profiles import DeviceProfile
 from exporter.quant.precisions import REGISTRY, evaluation_mode
 from exporter.report import write_report
@@ -63,7 +75,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     folder.mkdir(parents=True)
     max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
     compressed = compressed_for(ctx, profile)
-    artifacts = produce_variants(ctx, target, work, cache, max_drop, profile.id, compressed)
+    artifacts, failures = produce_variants(ctx, target, work, cache, max_drop, profile.id, compressed)
     files: dict[str, object] = {}
     if ctx.model.hf is not None:
         from exporter.hf.source import copy_tokenizer
@@ -72,16 +84,35 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     if r.labels_file:
         shutil.copyfile(ctx.loaded.resolve(r.labels_file), folder / "labels.txt")
         files["labels"] = "labels.txt"
-    paths, weights = {}, {}
-    for name, (src, _precision, produced_by, _parent) in artifacts.items():
+    paths, weights, checks, packages = {}, {}, {}, {}
+    feed = query_feed(ctx)
+    for name, (src, _precision, produced_by, _parent) in list(artifacts.items()):
         paths[name] = folder / f"{name}.onnx"
-        stamp(src, paths[name], ctx.loaded.sha256, r.seed, profile.id, target, name, produced_by)
-        # NaN/Inf weights or zero scales fail here: a precision's own post-condition, else the generic one
-        ensures = REGISTRY[name].ensures if name in REGISTRY else guard_produced
-        weights[name] = ensures(paths[name], name)
-        if weights[name]["all_zero_channels"]:
-            log.info(f"[{profile.id}] {name}: all-zero output channels {weights[name]['all_zero_channels']}")
-    checks, packages = preflight_and_package(profile.id, target, paths, ctx.evaluation.inputs, threads)
+        step = "stamp"
+        try:
+            stamp(src, paths[name], ctx.loaded.sha256, r.seed, profile.id, target, name, produced_by)
+            step = "weights check"
+            # NaN/Inf weights or zero scales fail here: a precision's own post-condition, else the generic one
+            ensures = REGISTRY[name].ensures if name in REGISTRY else guard_produced
+            weights[name] = ensures(paths[name], name)
+            if weights[name]["all_zero_channels"]:
+                log.info(f"[{profile.id}] {name}: all-zero output channels {weights[name]['all_zero_channels']}")
+            step = "preflight and package"
+            check, package = preflight_and_package(
+                profile.id, target, {name: paths[name]}, ctx.evaluation.inputs, threads, ctx.evaluation.feeding
+            )
+            checks[name], packages[name] = check[name], package[name]
+            step = "load and run once"
+            smoke_run(paths[name], feed, threads, name)
+        except UsageError:
+            raise
+        except Exception as exc:
+            if name in FP32_VARIANTS:  # every other variant is judged against it: nothing to go on with
+                raise
+            failures[name] = failure_record(name, artifacts[name][1], artifacts[name][3], step, exc, profile.id)
+            discard_variant(folder, name)
+            for found in (artifacts, paths, weights, checks, packages):
+                found.pop(name, None)
     mode = evaluation_mode(target)  # quality computed as the target's runtime computes it
     meter, unmeasured = profile_meter(profile)  # measured power where the profile's sensor is present
     rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
@@ -92,7 +123,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     meas = measure_variants(
         paths,
         ctx.evaluation.inputs,
-        query_feed(ctx),
+        feed,
         threads,
         bench,
         profile.id,
@@ -101,6 +132,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         unmeasured,
         rate,
         affinity=pinning,
+        feeding=ctx.evaluation.feeding,
     )
     variants = []
     for name, (_src, precision, produced_by, parent) in artifacts.items():
@@ -125,11 +157,15 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         record["weights_check"] = weights[name]
         record["package"] = packages[name]
         variants.append(record)
+    speed_verdicts(variants, target, threads)
     deliverable, decision = deliverable_of(ctx, profile.id, variants, target)
+    failed = ordered_failures(failures)
+    profile_verdicts = deliverable["verdicts"] + failed_variants_verdicts(failed)
     notes = r.runtime_notes.model_dump() if r.runtime_notes else {}
     shapes = {i.name: list(i.shape) for i in ctx.inputs}
     model_file = Path(deliverable["package"]["path"]).name
-    runtime = ship(folder, profile, target, model_file, ctx.evaluation.inputs, threads, files, notes, shapes)
+    feeding = ctx.evaluation.feeding
+    runtime = ship(folder, profile, target, model_file, ctx.evaluation.inputs, threads, files, notes, shapes, feeding)
     return {
         "id": profile.id,
         "name": profile.name,
@@ -156,9 +192,10 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         "variants": variants,
         "tokenizer": [f"{profile.id}/{p}" for p in files.get("tokenizer", [])],
         "compression": compressed.record["cache"]["key"][:12] if compressed is not None else None,
-        "verdicts": deliverable["verdicts"],
+        "verdicts": profile_verdicts,
         "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],
-        "ok": deliverable["ok"],
+        "ok": deliverable["ok"] and not failed,
+        **({"failed_variants": failed} if failed else {}),
     }
 
 

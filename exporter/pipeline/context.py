@@ -1,7 +1,10 @@
 """What a build loads once and every profile shares: the recipe, profiles, data, model, FP32 truth.
 
 `prepare` checks everything before any file is written (`edgex validate` stops there);
-`for_profile` gives the same context in a profile's own input shape (hf `per_profile`).
+`for_profile` gives the same context in a profile's own input shape (hf `per_profile`, or an
+input's `per_profile`). For a model with state, the FP32 truth is computed as the app runs it:
+each evaluation sequence chunk by chunk, the state carried from the previous chunk; the states
+the FP32 model was fed become the state samples of calibration (realistic values, not zeros).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from exporter.metrics import accuracy_drop, needs_labels, resolve_metric
 from exporter.profiles import DeviceProfile, get_profiles, refuse_repeated
 from exporter.quant.precisions import refuse_unrunnable
 from exporter.recipe import InputSpec, LoadedRecipe, load_recipe
-from exporter.runtime import make_session, run_all
+from exporter.recipe_inputs import inputs_problem
+from exporter.runtime import make_session, run_all, run_sequences
 from exporter.sources import load_model
 from exporter.targets import get_target
 
@@ -50,8 +54,18 @@ def reference_outputs(ctx: Context) -> Context:
     """Outputs of the source model on the evaluation set: the FP32 truth every variant is judged against."""
     r = ctx.loaded.recipe
     log.info(f"[{r.name}] reference outputs of the source model on {len(ctx.evaluation)} evaluation samples")
-    if ctx.model.kind == "onnx":
-        ctx.reference = run_all(make_session(ctx.model.onnx_path), ctx.evaluation.inputs)
+    feeding = ctx.evaluation.feeding
+    if feeding is not None and feeding.carried:
+        session = make_session(ctx.model.onnx_path)
+        steps = feeding.steps, ctx.calibration.feeding.steps
+        log.info(
+            f"[{r.name}] state carried through sequences of {steps[0]} (evaluation), {steps[1]} (calibration) chunks"
+        )
+        ctx.reference, fed = run_sequences(session, ctx.evaluation.inputs, feeding)
+        ctx.evaluation = ctx.evaluation.with_states(fed)
+        ctx.calibration = ctx.calibration.with_states(run_sequences(session, ctx.calibration.inputs, feeding)[1])
+    elif ctx.model.kind == "onnx":
+        ctx.reference = run_all(make_session(ctx.model.onnx_path), ctx.evaluation.inputs, feeding=feeding)
     else:
         ctx.reference = torch_reference(ctx.model.module, ctx.evaluation.inputs, ctx.inputs)
     for i, out in enumerate(ctx.reference):
@@ -67,7 +81,7 @@ def load_data(loaded: LoadedRecipe, model: LoadedModel, inputs: list[InputSpec])
     tokenizer = model.hf.tokenizer if model.hf is not None else None
     calibration = load_dataset(r.data.calibration, inputs, loaded, "data.calibration", tokenizer)
     evaluation = load_dataset(r.data.evaluation, inputs, loaded, "data.evaluation", tokenizer)
-    batch = inputs[0].shape[0]
+    batch = data_batch(inputs)
     if r.quantize.enabled and len(calibration) < batch:
         raise UsageError(
             f"{len(calibration)} calibration samples for a batch of {batch}",
@@ -78,20 +92,33 @@ def load_data(loaded: LoadedRecipe, model: LoadedModel, inputs: list[InputSpec])
     return calibration, evaluation
 
 
-def for_profile(ctx: Context, profile: DeviceProfile) -> Context:
-    """The context in this profile's input shape: the recipe's, or an hf `per_profile` override
-    (data re-tokenized at that length and a reference computed for it, once per shape)."""
+def data_batch(inputs: list[InputSpec]) -> int:
+    """The batch of a query: the first dimension of the data inputs (a state's may be elsewhere)."""
+    return next(s.shape[0] for s in inputs if s.kind == "data")
+
+
+def profile_shapes(ctx: Context, profile_id: str) -> list[InputSpec]:
+    """The inputs in this profile's shapes: an hf `model.per_profile` entry, or each input's `per_profile`."""
     spec = ctx.loaded.recipe.model
-    override = getattr(spec, "per_profile", {}).get(profile.id)
-    if override is None:
-        return ctx
-    batch = override.batch or spec.batch
-    seq = override.sequence_length or spec.sequence_length
-    key = (batch, seq)
-    if key == (spec.batch, spec.sequence_length):
+    override = getattr(spec, "per_profile", {}).get(profile_id)
+    if override is not None:
+        shape = [override.batch or spec.batch, override.sequence_length or spec.sequence_length]
+        return [i.model_copy(update={"shape": shape}) for i in ctx.inputs]
+    return [
+        i.model_copy(update={"shape": i.per_profile[profile_id]}) if profile_id in i.per_profile else i
+        for i in ctx.inputs
+    ]
+
+
+def for_profile(ctx: Context, profile: DeviceProfile) -> Context:
+    """The context in this profile's input shapes: the recipe's, or its per-profile ones (data
+    reloaded (re-tokenized) in those shapes and a reference computed for them, once per shape)."""
+    inputs = profile_shapes(ctx, profile.id)
+    key = tuple(tuple(i.shape) for i in inputs)
+    if key == tuple(tuple(i.shape) for i in ctx.inputs):
         return ctx
     if key not in ctx.shapes:
-        inputs = [i.model_copy(update={"shape": [batch, seq]}) for i in ctx.inputs]
+        log.info(f"[{profile.id}] input shapes {', '.join(f'{i.name} {list(i.shape)}' for i in inputs)}")
         calibration, evaluation = load_data(ctx.loaded, ctx.model, inputs)
         shaped = dataclasses.replace(ctx, inputs=inputs, calibration=calibration, evaluation=evaluation, shapes={})
         ctx.shapes[key] = reference_outputs(shaped)
@@ -126,7 +153,7 @@ def prepare(
                 field="model.per_profile",
                 fix="use ids from `profiles:`",
             )
-    model = load_model(loaded)
+    model = load_model(loaded, [get_target(p.target) for p in chosen])
     inputs = r.inputs if r.inputs is not None else model.hf.inputs
     calibration, evaluation = load_data(loaded, model, inputs)
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
@@ -139,9 +166,97 @@ def prepare(
     return reference_outputs(ctx) if with_reference else ctx
 
 
+def check_inputs(loaded: LoadedRecipe, model: LoadedModel, inputs: list[InputSpec], profile_ids: list[str]) -> None:
+    """The inputs against the model (a state's output must exist) and the profiles (per_profile ids)."""
+    where = loaded.path
+    kinds = {s.kind for s in inputs}
+    if kinds - {"data"} and model.kind != "onnx":
+        raise UsageError(
+            "state and value inputs need an onnx source",
+            path=where,
+            field="inputs",
+            fix="export the model to ONNX and use `model: {source: onnx}`",
+        )
+    outputs = None
+    if model.kind == "onnx":
+        import onnx
+
+        graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
+        outputs = [o.name for o in graph.output]
+        _shapes_fit(graph, inputs, where)
+    for i, spec in enumerate(inputs):
+        unknown = sorted(set(spec.per_profile) - set(loaded.recipe.profiles) - set(profile_ids))
+        if unknown:
+            raise UsageError(
+                f"per_profile names {unknown}, not profiles of this recipe",
+                path=where,
+                field=f"inputs[{i}].per_profile",
+                fix="use ids from `profiles:`",
+            )
+    problem = inputs_problem(inputs, outputs)
+    for pid in profile_ids:
+        if problem is None:
+            shapes = {s.name: s.per_profile[pid] for s in inputs if pid in s.per_profile}
+            problem = inputs_problem(inputs, outputs, shapes) if shapes else None
+    if problem is not None:
+        field, message, fix = problem
+        raise UsageError(message, path=where, field=field, fix=fix or None)
+
+
+def _shapes_fit(graph, inputs: list[InputSpec], where: Path) -> None:
+    """Every declared shape has the model input's rank and its fixed sizes; the dynamic ones
+    take the recipe's value (said in the message when missing, never a silent 1)."""
+    declared = {s.name: (i, s) for i, s in enumerate(inputs)}
+    named: dict[str, tuple[str, int]] = {}  # a symbolic dimension -> (input, size) where first given
+    for value in graph.input:
+        if value.name not in declared or not value.type.tensor_type.HasField("shape"):
+            continue
+        i, spec = declared[value.name]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim
+        ]
+        model_shape = "[" + ", ".join(map(str, dims)) + "]"
+        shapes = [("shape", spec.shape)] + [(f"per_profile.{p}", s) for p, s in spec.per_profile.items()]
+        for name, shape in shapes:
+            if len(shape) != len(dims):
+                dynamic = [a for a, d in enumerate(dims) if not isinstance(d, int)]
+                raise UsageError(
+                    f"'{spec.name}' is {shape} in the recipe but {model_shape} in the model"
+                    + (f" (axes {dynamic} are dynamic)" if dynamic else ""),
+                    path=where,
+                    field=f"inputs[{i}].{name}",
+                    fix=f"give all {len(dims)} dimensions, a value for each dynamic axis",
+                )
+            for axis, (want, got) in enumerate(zip(dims, shape, strict=True)):
+                if isinstance(want, str) and want != "?" and name == "shape":
+                    first, size = named.setdefault(want, (spec.name, got))
+                    if size != got:
+                        raise UsageError(
+                            f"axis {axis} of '{spec.name}' is {got} but '{first}' gives the model's "
+                            f"dimension '{want}' the size {size}",
+                            path=where,
+                            field=f"inputs[{i}].shape",
+                            fix=f"set axis {axis} to {size}",
+                        )
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise UsageError(
+                        f"axis {axis} of '{spec.name}' is {got} in the recipe but fixed at {want} in the model {model_shape}",
+                        path=where,
+                        field=f"inputs[{i}].{name}",
+                        fix=f"set axis {axis} to {want}",
+                    )
+
+
 def query_feed(ctx: Context) -> dict[str, np.ndarray]:
-    """One query in the recipe's shape, taken from real evaluation data."""
-    return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+    """One query in the recipe's shape, taken from real evaluation data. For a model with state:
+    a chunk that is not a sequence's first, with the state the FP32 model carried into it."""
+    batch = data_batch(ctx.inputs)
+    feeding = ctx.evaluation.feeding
+    start = 0
+    if feeding is not None and feeding.carried:
+        batch = min(batch, feeding.max_batch() or batch)
+        start = max(0, min(feeding.steps - 1, len(ctx.evaluation) - batch))
+    return ctx.evaluation.feed(start, start + batch)
 
 
 def evaluator(ctx: Context, mode: str, threads: int, samples: int | None = None):
@@ -149,17 +264,22 @@ def evaluator(ctx: Context, mode: str, threads: int, samples: int | None = None)
     target's runtime computes it; the subset's FP32 metric is the baseline of its drops."""
     from exporter.measure import evaluate_outputs
 
-    n = len(ctx.evaluation)
+    feeding = ctx.evaluation.feeding
+    steps = feeding.steps if feeding is not None and feeding.carried else 1
+    n = len(ctx.evaluation) // steps  # whole sequences when the state is carried
+    if samples is not None and steps > 1:
+        samples = max(1, samples // steps)
     idx = (
         np.arange(n) if samples is None or samples >= n else np.sort(np.random.default_rng(0).choice(n, samples, False))
     )
+    idx = (idx[:, None] * steps + np.arange(steps)).reshape(-1)
     inputs = {k: v[idx] for k, v in ctx.evaluation.inputs.items()}
     labels = None if ctx.evaluation.labels is None else ctx.evaluation.labels[idx]
     reference = ctx.reference[0][idx]
     baseline = float(ctx.metric_fn(reference, labels, reference))
 
     def evaluate(path: Path) -> float:
-        out = evaluate_outputs(path, inputs, threads, path.stem, mode)
+        out = evaluate_outputs(path, inputs, threads, path.stem, mode, feeding)
         value = float(ctx.metric_fn(out[0], labels, reference))
         return accuracy_drop(baseline, value, ctx.higher_is_better)
 

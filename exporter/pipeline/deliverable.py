@@ -18,6 +18,7 @@ from exporter.graph_stats import inspect_model
 from exporter.metrics import accuracy_drop, extra_metrics
 from exporter.pipeline.context import Context
 from exporter.profiles import DeviceProfile
+from exporter.quant.speed import TOLERANCE as SPEED_TOLERANCE  # INT8 may be at most 5% slower than FP32
 from exporter.targets import Target, get_target
 
 DELIVERABLE_TIE_BAND = 0.10  # 1-thread host timings repeat within ~10%: closer than that is a tie
@@ -109,7 +110,9 @@ def choose_deliverable(variants: list[dict], target: Target) -> dict:
     file (then the variant order): two variants that time alike would otherwise swap on every
     rebuild, and the release bytes with them.
     """
-    variants = [v for v in variants if v["artifact"]["precision"] in target.quantization.precisions]
+    # When every variant the target runs failed (a failed INT8 on an INT8-only NPU), the rest are kept
+    # for inspection and the decision says so (deliverable_of); the profile fails on failed_variants.
+    variants = [v for v in variants if v["artifact"]["precision"] in target.quantization.precisions] or variants
     passing = [v for v in variants if v["ok"]]
     if passing:
         fastest = min(v["latency_ms"]["p50"] for v in passing)
@@ -141,6 +144,79 @@ def deliverable_of(ctx: Context, profile_id: str, variants: list[dict], target: 
     """The variant that ships and how it was decided (the rule, or the replayed manifest)."""
     deliverable = choose_deliverable(variants, target)
     decision = {"deliverable": deliverable["name"], "by": DELIVERABLE_RULE}
+    if deliverable["artifact"]["precision"] not in target.quantization.precisions:
+        decision["by"] = (
+            f"no variant {target.id} runs was built (see failed_variants): {deliverable['name']} is kept for "
+            "inspection, not for the device"
+        )
     if ctx.replay is not None:
         deliverable, decision = replayed_deliverable(ctx.replay, profile_id, variants)
     return deliverable, decision
+
+
+SPEED_VERDICT = "int8_speed_vs_fp32"
+
+
+def speed_verdicts(variants: list[dict], target: Target, threads: int) -> None:
+    """On a CPU target every INT8 variant (static and dynamic) is judged against FP32's p50 from the
+    same interleaved run: more than SPEED_TOLERANCE slower is a failed verdict, so it never ships
+    while FP32 passes (edgex's promise: never an INT8 file slower than FP32 on a CPU). Adds to each
+    variant's verdicts in place and recomputes its `ok`.
+
+    On other targets the host's ratio says nothing about the device (the NPU's kernels are not
+    the host's), so no verdict: the report prints the ratio as a host figure only."""
+    if target.execution_provider != "CPUExecutionProvider":
+        return
+    fp32 = next((v for v in variants if v["name"] == "baseline"), None)
+    if fp32 is None or not fp32["latency_ms"]["p50"]:
+        return
+    for v in variants:
+        if v["artifact"]["precision"] != "int8":
+            continue
+        ratio = v["latency_ms"]["p50"] / fp32["latency_ms"]["p50"]
+        limit = 1 + SPEED_TOLERANCE
+        verdict = {
+            "budget": SPEED_VERDICT,
+            "limit": limit,
+            "value": round(ratio, 6),
+            "ok": ratio <= limit,
+            "unit": "x FP32 p50",
+            "basis": (
+                f"edgex's rule on CPU targets, not a profile budget: p50 / FP32's p50 from the same interleaved "
+                f"host run ({threads} thread(s))"
+            ),
+            "margin": round(limit - ratio, 6),
+            "interval": None,
+            "decided": None,
+        }
+        v["verdicts"].append(verdict)
+        v["ok"] = v["ok"] and verdict["ok"]
+        if not verdict["ok"]:
+            log.info(
+                f"{v['name']}: {ratio:.2f}x FP32's p50 on this CPU target, more than {limit:.2f}x: it does not ship "
+                "while FP32 meets the budgets"
+            )
+
+
+def failed_variants_verdicts(failed: list[dict]) -> list[dict]:
+    """The profile's verdict that every variant the recipe asked for was built: a failed one makes the
+    profile fail (exit 1, artifacts kept), so CI sees it in the exit code and in JUnit, not only in a log.
+
+    Every planned precision counts, the dynamic INT8 companion included: `quantize.dynamic` (default
+    true) is the recipe asking for it, and `dynamic: false` is the one-line way not to."""
+    if not failed:
+        return []
+    said = "; ".join(f"{f['name']} in step '{f['failed']['step']}'" for f in failed)
+    return [
+        {
+            "budget": "failed_variants",
+            "limit": 0,
+            "value": len(failed),
+            "ok": False,
+            "unit": "variants",
+            "basis": f"variants asked for that failed: {said} (reasons in failed_variants)",
+            "margin": -len(failed),
+            "interval": None,
+            "decided": None,
+        }
+    ]

@@ -10,17 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import traceback
 from pathlib import Path
 
+import numpy as np
+
 from exporter import log
+from exporter.errors import EdgexError, UsageError, clip, describe_exception
 from exporter.export import check_parity, export_model
 from exporter.pipeline.context import Context, evaluator, query_feed
 from exporter.profiles import DeviceProfile
-from exporter.quant.precisions import Handler, Request, RunInputs, StepKey, evaluation_mode, planned
-from exporter.runtime import host_threads
+from exporter.quant.precisions import REGISTRY, Handler, Request, RunInputs, StepKey, evaluation_mode, planned
+from exporter.runtime import host_threads, make_session
 from exporter.targets import Target, get_target
 
 Artifacts = dict[str, tuple]  # name -> (file, precision, produced_by, parent), in lineage order
+FP32_VARIANTS = ("baseline", "compressed")  # every other variant is made from and judged against these
 
 
 def export_for(
@@ -54,7 +59,7 @@ def export_for(
             fuse,
             for_int8,
         )
-        worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference)
+        worst, n = check_parity(path, ctx.evaluation.inputs, ctx.reference, feeding=ctx.evaluation.feeding)
         parity = {"samples": n, "max_abs_diff": worst, "rtol": 1e-3, "atol": 1e-4, "ok": True}
         cache[key] = (path, {"step": "export", "static_shapes": static, **info, "parity": parity})
     return cache[key]
@@ -75,6 +80,8 @@ def quantized(
     r = ctx.loaded.recipe
     request = Request(source, target, r.quantize, budget, transformer=ctx.model.kind == "hf")
     key = handler.key(request)
+    if key in cache and isinstance(cache[key], BaseException):
+        raise cache[key]  # failed for an earlier profile with the same key: not retried
     if key not in cache:
         run = RunInputs(ctx.calibration, ctx.inputs[0].shape[0], r.seed, label=label)
         if handler.searched:
@@ -86,7 +93,12 @@ def quantized(
                 speed_replay=ctx.replay.speed_guard(label) if ctx.replay is not None else None,
             )
         log.info(handler.describe(request, run))
-        produced = handler.run(request, run, work / handler.file_name(request, key))
+        try:
+            produced = handler.run(request, run, work / handler.file_name(request, key))
+        except Exception as exc:  # recorded for the next profile with the same key
+            if not isinstance(exc, UsageError):  # a wrong recipe is fatal and fails alike for every key
+                cache[key] = exc
+            raise
         cache[key] = (produced.path, produced.record)
     path, record = cache[key]
     return path, dict(record)
@@ -136,11 +148,36 @@ def compressed_for(ctx: Context, profile: DeviceProfile):
     return ctx.compressed[key]
 
 
+def failure_record(name: str, precision: str, parent: str | None, step: str, exc: BaseException, label: str) -> dict:
+    """The manifest's record of a variant that failed (`profiles[].failed_variants[]`), logged as it happens.
+
+    The step is the one the error names (an InternalError's own) or the pipeline's; the file is the
+    name of the file edgex was writing, never a temporary folder's path."""
+    step = getattr(exc, "step", None) or step
+    reason = getattr(exc, "reason", None) or (
+        exc.one_line() if isinstance(exc, EdgexError) else describe_exception(exc)
+    )
+    failed = {"step": step, "error": " ".join(str(reason).split())}
+    if getattr(exc, "file", None) is not None:
+        failed["file"] = Path(str(exc.file)).name
+    log.info(
+        f"[{label}] {name} FAILED in step '{step}': {clip(failed['error'], 400)}; recorded in the manifest, "
+        "the build goes on with the other variants"
+    )
+    log.debug("".join(traceback.format_exception(exc)))
+    return {"name": name, "precision": precision, "parent": parent, "failed": failed}
+
+
 def produce_variants(
     ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str, compressed=None
-) -> Artifacts:
-    """name -> (file, precision, produced_by, parent), in lineage order. With compression, the
-    quantized variants are made from the compressed model (parent `compressed`)."""
+) -> tuple[Artifacts, dict[str, dict]]:
+    """(name -> (file, precision, produced_by, parent) in lineage order, name -> failure record).
+
+    With compression, the quantized variants are made from the compressed model (parent
+    `compressed`). A precision that fails (onnxruntime's quantizer refusing the graph, a 16-bit
+    step, a file that does not load) is recorded and skipped: the FP32 export and every other
+    variant are kept. Only a UsageError (the recipe is wrong) stops the build, and an FP32 export
+    that fails, since every variant is judged against it."""
     r = ctx.loaded.recipe
     fp32_work, export_info = export_for(ctx, target, work, cache)
     artifacts: Artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
@@ -157,14 +194,44 @@ def produce_variants(
         }
         artifacts["compressed"] = (fp32_work, "fp32", produced_by, "baseline")
         parent = "compressed"
+    failures: dict[str, dict] = {}
     if not r.quantize.enabled:
-        return artifacts
+        return artifacts, failures
     for handler in planned(r.quantize, target):
         source = fp32_work
-        # Transformers on contrib-op targets start from their own graph: static INT8 from the unfused
-        # Attention/Gelu graph, INT4 from the plain MatMul/Gather one (hf.optimize.fuse).
-        if handler.graph != "full" and ctx.model.kind == "hf" and target.contrib_ops:
-            source, _ = export_for(qctx, target, work, cache, fusion=handler.graph, tag=tag)
-        path, produced_by = quantized(ctx, handler, target, source, work, cache, budget, label, fp32_work)
+        step = "export the graph to quantize"
+        try:
+            # Transformers on contrib-op targets start from their own graph: static INT8 from the unfused
+            # Attention/Gelu graph, INT4 from the plain MatMul/Gather one (hf.optimize.fuse).
+            if handler.graph != "full" and ctx.model.kind == "hf" and target.contrib_ops:
+                source, _ = export_for(qctx, target, work, cache, fusion=handler.graph, tag=tag)
+            step = f"quantize {handler.variant}"
+            path, produced_by = quantized(ctx, handler, target, source, work, cache, budget, label, fp32_work)
+        except UsageError:
+            raise
+        except Exception as exc:  # EdgexError included: a gate on one variant does not stop the others
+            failures[handler.variant] = failure_record(handler.variant, handler.precision, parent, step, exc, label)
+            continue
         artifacts[handler.variant] = (path, handler.precision, produced_by, parent)
-    return artifacts
+    return artifacts, failures
+
+
+def ordered_failures(failures: dict[str, dict]) -> list[dict]:
+    """Failure records in variant order (the registry's), whichever step each failed in."""
+    order = list(REGISTRY)
+    return [failures[n] for n in sorted(failures, key=lambda n: order.index(n) if n in order else len(order))]
+
+
+def discard_variant(folder: Path, name: str) -> None:
+    """Remove what a failed variant left in the release folder (its .onnx, .ort, operator config):
+    the release holds only what its manifest describes as shipped or measured."""
+    for path in folder.glob(f"{name}.*"):
+        if path.is_file():
+            path.unlink()
+
+
+def smoke_run(path: Path, feed: dict[str, np.ndarray], threads: int, name: str) -> None:
+    """Load PATH and run it once, as the timing will: a variant that cannot is recorded as failed
+    here instead of stopping the interleaved timing of all the others."""
+    session = make_session(path, threads)
+    session.run(None, {i.name: feed[i.name] for i in session.get_inputs() if i.name in feed})

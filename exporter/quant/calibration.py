@@ -71,7 +71,7 @@ def bounded_samples(
     """The calibration samples `method` can hold within `memory_mb`, and a note when that is fewer."""
     if method not in HISTOGRAM_METHODS:
         return data, None
-    feed = {k: v[:batch] for k, v in data.inputs.items()}
+    feed = data.feed(0, batch)
     per_batch = activation_bytes(model_path, feed)
     fits = int(memory_mb * 2**20 // max(per_batch, 1)) * batch
     if fits < batch:
@@ -90,17 +90,22 @@ def bounded_samples(
     return data.take(fits, seed), note
 
 
-def specs_from_model(model: onnx.ModelProto, batch: int = 1) -> list[InputSpec]:
-    """Input specs of an ONNX file given on the command line; symbolic dims stay dynamic."""
-    inits = {i.name for i in model.graph.initializer}
+def specs_from_model(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[InputSpec]:
+    """Input specs of an ONNX file given on the command line, at the shapes resolved for it
+    (`exporter.shapes.resolve_shapes`: the file's fixed sizes, `--shape` for its dynamic ones).
+
+    The first size is the batch each query holds; calibration arrays are [samples, *the rest]."""
+    from exporter.shapes import declared_inputs
+
     specs = []
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        shape = [d if d is not None else (batch if i == 0 else 1) for i, d in enumerate(dims)]
-        dynamic = {i: f"dim{i}" for i, d in enumerate(dims) if d is None}
-        specs.append(InputSpec(name=inp.name, shape=shape or [1], dtype=dtype, dynamic_axes=dynamic))
+    for inp in declared_inputs(model):
+        shape = shapes[inp.name]
+        if not shape:
+            raise UsageError(
+                f"input '{inp.name}' is a scalar; `edgex quantize` takes tensor inputs with a batch axis only",
+                field="model",
+                fix="quantize the model in a build whose recipe declares the scalar",
+            )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.elem_type).name
+        specs.append(InputSpec(name=inp.name, shape=list(shape), dtype=dtype))
     return specs

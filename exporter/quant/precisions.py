@@ -9,6 +9,8 @@ new function beside the others plus one `register(...)` line.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.data import Dataset
+from exporter.errors import TEST_FAULT_ENV, injected_fault, internal_step
 from exporter.numerics import guard_produced
 from exporter.quant.search import Evaluate
 from exporter.recipe import QuantizeSection
@@ -98,10 +101,28 @@ REGISTRY: dict[str, Handler] = {}  # variant name -> handler, in the order varia
 
 
 def register(handler: Handler) -> Handler:
+    """Add HANDLER; its run becomes an edgex step (`as_step`) whatever library it drives."""
     if handler.variant in REGISTRY:
         raise ValueError(f"precision variant '{handler.variant}' registered twice")
+    handler = dataclasses.replace(handler, run=as_step(handler.variant, handler.run))
     REGISTRY[handler.variant] = handler
     return handler
+
+
+def as_step(variant: str, run: Callable[[Request, RunInputs, Path], Produced]) -> Callable:
+    """RUN as the step "quantize <variant>": a library's error on what edgex feeds it or writes
+    (onnxruntime's quantizer, a temporary file that does not load) is an InternalError naming the
+    step and the file edgex was writing (exit 3 alone, a failed variant in a build), never the
+    user's model's fault. The test hook `EDGEX_TEST_FAULT=quantize:<variant>` fails it here."""
+
+    @functools.wraps(run)
+    def step(req: Request, run_inputs: RunInputs, out: Path) -> Produced:
+        with internal_step(f"quantize {variant}", out.name):
+            if injected_fault(f"quantize:{variant}"):
+                raise ValueError(f"failure injected into this step by the test hook {TEST_FAULT_ENV}")
+            return run(req, run_inputs, out)
+
+    return step
 
 
 def handler_for(precision: str) -> Handler:
@@ -262,11 +283,10 @@ def _int4_legacy_tuple(req: Request) -> tuple:
 
 
 def _int4_run(req: Request, run: RunInputs, out: Path) -> Produced:
-    from exporter.quant.calibration import batches
     from exporter.quant.weight_only import quantize_int4
 
     s4 = req.settings.int4
-    feeds = batches(run.calibration.inputs, run.batch, 32)  # GPTQ's calibration
+    feeds = run.calibration.feeds(run.batch, 32)  # GPTQ's calibration
     res = quantize_int4(req.source, out, s4, req.target.quantization.int4_format, feeds)
     record = {"step": "quantize", "precision": "int4", **res.settings, "nodes": res.quantized}
     return Produced(out, record, {"int4": res.settings})

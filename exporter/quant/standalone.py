@@ -4,6 +4,8 @@ Same code path as a build (calibration checks, target preset, accuracy search, s
 fidelity measured against the FP32 model's own outputs: mean cosine of the first output, so no
 labels are needed. Without --evaluation the calibration samples are reused and the result says
 it is an in-sample figure. The output file is written beside its destination and renamed into place.
+Calibration, evaluation and the speed guard run at the input shapes resolved from the file and
+`--shape` (every dynamic dimension, batch included, needs one); the result lists them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from exporter.quant.calibration import specs_from_model
 from exporter.quant.precisions import Request, RunInputs, evaluation_mode, handler_for
 from exporter.recipe import QuantizeSection
 from exporter.runtime import host_threads, make_session, run_all
+from exporter.shapes import resolve_shapes
 from exporter.staging import atomic_file
 from exporter.targets import get_target
 
@@ -37,12 +40,15 @@ def quantize_file(
     evaluation: Path | None = None,
     max_drop: float | None = None,
     seed: int = 0,
+    shapes: dict[str, list[int]] | None = None,
 ) -> dict:
+    """shapes: sizes from `--shape` for the file's dynamic dimensions (exit 2 when one is missing)."""
     model = check_onnx_file(model_path)
+    used = resolve_shapes(model, shapes, model_path)
     target = get_target(profile.target)
     handler = handler_for(precision)  # the same handler a build resolves (exporter.quant.precisions)
     handler.check(target, model_path, profile.id)
-    specs = specs_from_model(model)
+    specs = specs_from_model(model, used)
     calib = make_dataset(
         validate_arrays(_read_npz(calibration, calibration, "--calibration"), specs, calibration, "--calibration"), None
     )
@@ -65,7 +71,13 @@ def quantize_file(
         raise UsageError(f"'{out}' is a folder", path=out, field="--out", fix="give a file name ending in .onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = specs[0].shape[0]
-    summary: dict = {"model": str(model_path), "profile": profile.id, "target": target.id, "precision": precision}
+    summary: dict = {
+        "model": str(model_path),
+        "profile": profile.id,
+        "target": target.id,
+        "precision": precision,
+        "shapes": used,
+    }
     settings = QuantizeSection(calibration_method=method, calibration_samples=samples) if handler.searched else None
     settings = settings or QuantizeSection()  # --method and --samples steer the INT8 search only
     request = Request(model_path, target, settings, budget)

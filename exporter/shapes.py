@@ -1,0 +1,195 @@
+"""Input shapes of a model the user gave: parsed from `--shape NAME=1x3x640x640`, resolved against
+what the file declares, never guessed.
+
+A fixed dimension in the file must match what the user says; a dynamic one (symbolic, unknown, or
+declared -1) takes the user's value; a dynamic one without a value is a usage error naming the
+file, the input, the axis and the flag to pass. No dimension is ever set to 1 silently: a batch
+axis is dynamic like any other (timing a 1x1 image passed a 50 ms budget for a model that takes
+~720 ms at 640x640). Rank-0 inputs (scalars) need no shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exporter.errors import UsageError
+
+if TYPE_CHECKING:  # onnx is imported where a model is read, not when the CLI parses its options
+    import onnx
+
+SHAPE_FLAG = "--shape"
+SHAPE_HELP = (
+    "Shape of an input as NAME=1x3x640x640 (repeatable): fixes its dynamic dimensions (batch included); "
+    "required when the model declares any."
+)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,11}$")
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """One graph input as the file declares it (initializer-backed inputs excluded)."""
+
+    name: str
+    dims: tuple[Dim, ...]
+    elem_type: int
+
+    def dynamic_axes(self) -> list[int]:
+        return [i for i, d in enumerate(self.dims) if not isinstance(d, int)]
+
+
+def format_shape(dims: Iterable[int]) -> str:
+    """[1, 3, 640, 640] -> '1x3x640x640' (a scalar is '' -> shown as 'scalar')."""
+    text = "x".join(str(d) for d in dims)
+    return text or "scalar"
+
+
+def describe(shapes: dict[str, list[int]]) -> str:
+    """'x=1x3x640x640, y=scalar': how every command prints the shapes it used."""
+    return ", ".join(f"{name}={format_shape(dims)}" for name, dims in shapes.items()) or "no inputs"
+
+
+def parse_shape_options(values: Iterable[str], field: str = SHAPE_FLAG) -> dict[str, list[int]]:
+    """`NAME=1x3x640x640` strings (the last '=' splits, so names may contain '=') -> {name: dims}."""
+    out: dict[str, list[int]] = {}
+    fix = f"write {field} NAME=1x3x640x640 (positive sizes joined by x)"
+    for raw in values:
+        name, sep, dims_text = raw.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"cannot read '{raw}' as NAME=DIMS", field=field, fix=fix)
+        if name in out:
+            raise UsageError(f"input '{name}' is given twice", field=field, fix="give each input's shape once")
+        parts = [p.strip() for p in dims_text.lower().split("x")] if dims_text.strip() else []
+        if not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UsageError(f"cannot read '{dims_text}' in '{raw}' as sizes", field=field, fix=fix)
+        out[name] = [int(p) for p in parts]
+    return out
+
+
+def declared_inputs(model: onnx.ModelProto) -> list[DeclaredInput]:
+    """The inputs a caller feeds: graph inputs that are not initializers, with their declared dims."""
+    inits = {i.name for i in model.graph.initializer}
+    found = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims: list[Dim] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        found.append(DeclaredInput(inp.name, tuple(dims), t.elem_type))
+    return found
+
+
+def _axis_words(dim: Dim) -> str:
+    return f"'{dim}'" if isinstance(dim, str) else "unnamed"
+
+
+def _placeholder(axis: int, dim: Dim) -> str:
+    if isinstance(dim, int):
+        return str(dim)
+    if isinstance(dim, str) and _IDENT.match(dim) and dim.lower() != "x":
+        return dim.upper()
+    return f"D{axis}"
+
+
+def template(inp: DeclaredInput) -> str:
+    """`x=D0x3xD2xD3`: the flag's value with each dynamic size left for the user to fill in."""
+    return f"{inp.name}=" + "x".join(_placeholder(i, d) for i, d in enumerate(inp.dims))
+
+
+def resolve_shapes(
+    model: onnx.ModelProto, given: dict[str, list[int]] | None, path: Path | str, field: str = SHAPE_FLAG
+) -> dict[str, list[int]]:
+    """The concrete shape of every declared input: the file's fixed sizes, the user's for dynamic ones.
+
+    `field` names where shapes come from in messages (the flag, or a recipe's field)."""
+    given = dict(given or {})
+    inputs = declared_inputs(model)
+    names = [i.name for i in inputs]
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise UsageError(
+            f"the model has no input named '{unknown[0]}'",
+            path=path,
+            field=field,
+            fix=f"its inputs are: {', '.join(names) or 'none'}",
+        )
+    shapes: dict[str, list[int]] = {}
+    missing: list[DeclaredInput] = []
+    for inp in inputs:
+        dims = inp.dims
+        if inp.name in given:
+            want = given[inp.name]
+            if len(want) != len(dims):
+                raise UsageError(
+                    f"input '{inp.name}' has rank {len(dims)} ({format_declared(dims)}), "
+                    f"{field} gives {len(want)} sizes ({format_shape(want)})",
+                    path=path,
+                    field=field,
+                    fix=f"give {len(dims)} sizes, e.g. {field} {template(inp)}",
+                )
+            for axis, (d, w) in enumerate(zip(dims, want, strict=True)):
+                if isinstance(d, int) and d != w:
+                    raise UsageError(
+                        f"input '{inp.name}' axis {axis} is fixed at {d} in the model, {field} gives {w}",
+                        path=path,
+                        field=field,
+                        fix=f"give {d} there ({template(inp)})",
+                    )
+            shapes[inp.name] = list(want)
+        elif inp.dynamic_axes():
+            missing.append(inp)
+        else:
+            shapes[inp.name] = [int(d) for d in dims]  # fully fixed (or a scalar): the file says it all
+    if missing:
+        first = missing[0]
+        axes = first.dynamic_axes()
+        axis = axes[0]
+        also = f" (so are axes {', '.join(map(str, axes[1:]))})" if len(axes) > 1 else ""
+        others = f"; inputs {', '.join(repr(m.name) for m in missing[1:])} too" if len(missing) > 1 else ""
+        flags = " ".join(f"{field} {template(m)}" for m in missing)
+        raise UsageError(
+            f"input '{first.name}' axis {axis} ({_axis_words(first.dims[axis])}) is dynamic{also}{others}",
+            path=path,
+            fix=f"pass {flags} with each placeholder the size to use",
+        )
+    return shapes
+
+
+def format_declared(dims: Iterable[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def fixed_copy(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy whose inputs declare the given shapes; a symbol tied to one size is replaced by it in
+    the declared outputs and intermediate shapes too (as onnxruntime's make_input_shape_fixed does)."""
+    fixed = type(model)()
+    fixed.CopyFrom(model)
+    symbols: dict[str, set[int]] = {}
+    for inp in fixed.graph.input:
+        if inp.name not in shapes:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        for d, size in zip(dims, shapes[inp.name], strict=False):
+            if d.HasField("dim_param") and d.dim_param:
+                symbols.setdefault(d.dim_param, set()).add(size)
+        inp.type.tensor_type.shape.ClearField("dim")
+        for size in shapes[inp.name]:
+            inp.type.tensor_type.shape.dim.add().dim_value = size
+    known = {s: next(iter(v)) for s, v in symbols.items() if len(v) == 1 and s != "?"}
+    for vi in list(fixed.graph.output) + list(fixed.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in known:
+                d.dim_value = known[d.dim_param]
+    return fixed
