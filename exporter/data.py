@@ -319,7 +319,7 @@ def _flatten_sequences(
         return flat, None if labels is None else np.asarray(labels), 1
     if labels is not None:
         labels = np.asarray(labels)
-        if seen[0] > 1 and labels.shape[:2] == seen:
+        if labels.ndim >= 2 and labels.shape[:2] == seen:
             labels = labels.reshape(seen[0] * seen[1], *labels.shape[2:])
     return flat, labels, seen[1]
 

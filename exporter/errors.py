@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import PurePath
 
 EXIT_OK = 0
 EXIT_GATE = 1
@@ -121,7 +122,12 @@ def internal_step(step: str, file: object | None = None) -> Iterator[None]:
     except (EdgexError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise InternalError(describe_exception(exc), step=step, file=file) from exc
+        reason, name = describe_exception(exc), file
+        if isinstance(file, PurePath):  # a temporary folder's path means nothing to the user: its name only
+            name = file.name
+            if str(file.parent) not in ("", "."):
+                reason = reason.replace(str(file.parent) + "/", "")
+        raise InternalError(reason, step=step, file=name) from exc
 
 
 # Test hook, for edgex's own tests only: EDGEX_TEST_FAULT="<fault>[,<fault>...]" makes the named step

@@ -106,15 +106,28 @@ def _export_onnx(source: Path, specs: list[InputSpec], opset_range: tuple[int, i
 
         raise InternalError(f"export: the ingested graph has opset {opset}, outside the target's range [{lo}, {hi}]")
     if static:
-        from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
-
-        for spec in specs:
-            make_input_shape_fixed(model.graph, spec.name, list(spec.shape))
-        model = onnx.shape_inference.infer_shapes(model)
+        _fix_input_shapes(model, specs)
     save_model(model, path)
     if not static and model == onnx.load(str(source)):
         shutil.copyfile(source, path)
     return opset
+
+
+def _fix_input_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> None:
+    """Every declared input at its declared shape, then shapes re-inferred. Set axis by axis, not by
+    renaming symbols (onnxruntime's make_input_shape_fixed): exporters reuse one symbol for
+    different axes (paddle2onnx writes '?' for both height and width) and write -1 for unknown."""
+    for spec in specs:
+        value = next((i for i in model.graph.input if i.name == spec.name), None)
+        if value is None:
+            continue
+        shape = value.type.tensor_type.shape
+        shape.ClearField("dim")
+        for size in spec.shape:
+            shape.dim.add().dim_value = int(size)
+    del model.graph.value_info[:]  # symbolic shapes of the dynamic graph; inferred again below
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    model.CopyFrom(inferred)
 
 
 def export_model(

@@ -96,6 +96,17 @@ def feeding_of(specs: list[InputSpec], steps: int = 1) -> Feeding | None:
     return Feeding(constants, states, steps)
 
 
+def fixed_values(specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The values edgex feeds to state and constant inputs when it runs a model without data at
+    hand (the load probe, ingest parity, a synthetic timing query): each constant's value and each
+    state's initial value, in the declared shapes. A random `sr` picks a branch the model never runs."""
+    values = {s.name: constant_array(s) for s in specs if s.kind == "constant"}
+    for s in specs:
+        if s.state is not None:
+            values[s.name] = np.full(s.shape, s.state.initial, dtype=s.dtype)
+    return values
+
+
 def data_specs(specs: list[InputSpec]) -> list[InputSpec]:
     """The inputs the calibration and evaluation data hold arrays for."""
     return [s for s in specs if s.kind == "data"]

@@ -5,8 +5,9 @@ quantized forms, and fused Attention) from shapes inferred at the input shapes g
 copied with its inputs fixed to them, then onnxruntime's symbolic inference runs, onnx's as the
 fallback): a model declaring dynamic sizes gets real figures (PP-OCRv4 det: 3.0 M MACs with every
 dynamic size taken as 1, 2.3 G at 1x3x640x640). A node whose sizes stay unknown even then is not
-guessed: it is listed as uncounted. Parameters include weights held in Constant nodes (PaddlePaddle
-exports keep every weight there), not only initializers.
+guessed: it is listed as uncounted, and so are nodes with subgraphs (If/Loop/Scan: which branch runs
+is decided at run time). Parameters include weights held in Constant nodes (PaddlePaddle exports
+keep every weight there) and in subgraphs, not only the main graph's initializers.
 """
 
 from __future__ import annotations
@@ -179,15 +180,39 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None
     return sum(macs_per_node(model, input_shapes).values())
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
+def _graph_parameters(graph: onnx.GraphProto, counts: Counter, nested: bool) -> None:
+    for init in graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        counts["total"] += n
+        counts["in_subgraphs"] += n if nested else 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            n = _constant_elements(node)
+            counts["total"] += n
+            counts["in_constant_nodes"] += n
+            counts["in_subgraphs"] += n if nested else 0
+        for sub in _subgraphs(node):
+            _graph_parameters(sub, counts, True)
+
+
 def parameters(model: onnx.ModelProto) -> dict[str, int]:
-    """Weights wherever the file keeps them: initializers and Constant nodes of the main graph."""
-    in_inits, init_bytes = 0, 0
-    for init in model.graph.initializer:
-        in_inits += int(np.prod(init.dims)) if init.dims else 1
-        if init.data_location != onnx.TensorProto.EXTERNAL:
-            init_bytes += numpy_helper.to_array(init).nbytes
-    in_constants = sum(_constant_elements(n) for n in model.graph.node if n.op_type == "Constant" and not n.domain)
-    return {"total": in_inits + in_constants, "in_constant_nodes": in_constants, "initializer_bytes": init_bytes}
+    """Weights wherever the file keeps them: initializers and Constant nodes (PaddlePaddle exports
+    keep every weight in Constant nodes), in the main graph and in If/Loop/Scan bodies."""
+    counts: Counter = Counter()
+    _graph_parameters(model.graph, counts, False)
+    init_bytes = sum(
+        numpy_helper.to_array(i).nbytes for i in model.graph.initializer if i.data_location != onnx.TensorProto.EXTERNAL
+    )
+    return {
+        "total": counts["total"],
+        "in_constant_nodes": counts["in_constant_nodes"],
+        "in_subgraphs": counts["in_subgraphs"],
+        "initializer_bytes": init_bytes,
+    }
 
 
 def inspect_model(path: Path, input_shapes: dict[str, list[int]] | None = None) -> dict:
@@ -208,6 +233,7 @@ def inspect_model(path: Path, input_shapes: dict[str, list[int]] | None = None) 
 
     params = parameters(model)
     macs, uncounted = mac_table(model, input_shapes)
+    with_subgraphs = [n.name or f"{n.op_type}#{i}" for i, n in enumerate(model.graph.node) if _subgraphs(n)]
     facts = {
         "path": str(path),
         "bytes": path.stat().st_size,
@@ -219,9 +245,12 @@ def inspect_model(path: Path, input_shapes: dict[str, list[int]] | None = None) 
         "op_histogram": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         "parameters": params["total"],
         "parameters_in_constant_nodes": params["in_constant_nodes"],
+        "parameters_in_subgraphs": params["in_subgraphs"],
         "initializer_bytes": params["initializer_bytes"],
         "macs": sum(macs.values()),
     }
     if uncounted:
         facts["macs_uncounted_nodes"] = uncounted
+    if with_subgraphs:  # which branch runs is decided at run time: their MACs are not added up
+        facts["macs_not_counted_in_subgraphs_of"] = with_subgraphs
     return facts

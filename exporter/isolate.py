@@ -161,8 +161,9 @@ def _result(code: int, out: bytes, model: Path, field: str, lim: Limits) -> Any:
         if kind == "gate":
             raise GateFailure(text)
         # edgex's own failure in the child: exit 3 with the child's message and, under -v, its traceback
-        text = text.removeprefix("internal error: ")
-        raise InternalError(f"in the sandboxed run on '{model.name}': {text}", details=str(err.get("traceback", "")))
+        where = f"(in the sandboxed run on '{model.name}')"
+        text = f"{text} {where}" if text.startswith("internal error") else f"{where}: {text}"
+        raise InternalError(text, details=str(err.get("traceback", "")))
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         raise UsageError(

@@ -57,7 +57,7 @@ count = data["input:" + names[0]].shape[0]
 # "feeds": each entry is one whole query (state and constant inputs included, in their own shapes)
 whole = check.get("layout") == "feeds"
 for k in range(count):
-    feed = {n: data["input:" + n][k] if whole else data["input:" + n][k : k + 1] for n in names}
+    feed = {n: np.asarray(data["input:" + n][k]) if whole else data["input:" + n][k : k + 1] for n in names}
     got = session.run(outputs, feed)
     for name, value in zip(outputs, got):
         want = data["output:" + name][k] if whole else data["output:" + name][k : k + 1]

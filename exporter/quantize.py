@@ -98,7 +98,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="edgex-quant-") as tmp_name:
         tmp = Path(tmp_name)
         prepped = tmp / "prepped.onnx"
-        with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped.name):
+        with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped):
             quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         methods = [settings.calibration_method] + [
             m for m in settings.search.calibration_methods if m != settings.calibration_method
@@ -122,9 +122,9 @@ def quantize_int8(
             method: str, overrides: dict[str, str], op_types: list[str] | None = None, exclude: tuple[str, ...] = ()
         ) -> Path:
             out = tmp / f"int8-{next(counter)}.onnx"
-            with internal_step("static INT8: calibration sizing", prepped.name):
+            with internal_step("static INT8: calibration sizing", prepped):
                 data = data_for(method)
-            with internal_step("static INT8: calibrate and quantize (onnxruntime quantize_static)", out.name):
+            with internal_step("static INT8: calibrate and quantize (onnxruntime quantize_static)", out):
                 _quantize_excluding(out, data, method, overrides, op_types, exclude)
                 if injected_fault("corrupt:int8-quantized"):  # test hook: a written file that cannot load
                     out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
@@ -193,7 +193,7 @@ def quantize_int8(
             chosen, guard = _replay_guard(speed_replay, prepped, chosen, result, requantize, label)
         elif guarded and checked is not None and budget is not None:
             reference = speed_baseline or fp32_path
-            with internal_step("static INT8: speed guard", chosen.name):
+            with internal_step("static INT8: speed guard", chosen):
                 chosen, guard = _speed_guard(
                     reference, prepped, chosen, result, requantize, checked, budget, speed_feed, method, label
                 )
@@ -206,7 +206,7 @@ def quantize_int8(
         if searched is not None:
             for step in searched["steps"]:
                 step.pop("file")
-        with internal_step("static INT8: count and save the chosen file", chosen.name):
+        with internal_step("static INT8: count and save the chosen file", chosen):
             model = onnx.load(str(chosen))
             quantized, floating = float_compute_nodes(model)
             save_model(model, out_path)
@@ -230,7 +230,7 @@ def _on_edgex_files(evaluate: Evaluate) -> Evaluate:
     error (InternalError naming the step and the file), never a reason to re-export the user's model."""
 
     def checked(path: Path) -> float:
-        with internal_step("static INT8: accuracy search (evaluating a quantized file)", Path(path).name):
+        with internal_step("static INT8: accuracy search (evaluating a quantized file)", Path(path)):
             return evaluate(path)
 
     return checked

@@ -100,7 +100,7 @@ def constant_array(spec: InputSpec, shape: Shape | None = None) -> np.ndarray:
         raise ValueError(f"value {spec.value} is not a whole number but the input is {spec.dtype}")
     if raw.ndim and list(raw.shape) != shape:
         raise ValueError(f"value has shape {list(raw.shape)}, the input {shape}")
-    return np.ascontiguousarray(np.broadcast_to(raw, shape).astype(target))
+    return np.array(np.broadcast_to(raw, shape), dtype=target)  # a copy; rank 0 stays rank 0
 
 
 def state_batch_axis(spec: InputSpec, batch: int, shape: Shape | None = None) -> int | None:

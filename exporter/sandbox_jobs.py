@@ -27,12 +27,25 @@ def probe(
     threads: int = 1,
     shapes: dict[str, list[int]] | None = None,
     shapes_field: str = SHAPE_FLAG,
+    values: dict[str, Any] | None = None,
 ) -> dict:
     """Create a session for MODEL and run it once on seeded inputs of the given shapes, in the sandbox.
 
     shapes: sizes for the file's dynamic dimensions (a build passes its recipe's `inputs`, named by
-    `shapes_field` in errors); a dynamic dimension without one is exit 2, never a guessed 1."""
-    payload = {"path": str(model), "threads": threads, "field": field, "shapes": shapes, "shapes_field": shapes_field}
+    `shapes_field` in errors); a dynamic dimension without one is exit 2, never a guessed 1.
+    values: inputs fed as given instead of seeded data (constants such as a sample rate, states'
+    initial values: `exporter.feeding.fixed_values`)."""
+    import numpy as np
+
+    given = {k: np.asarray(v).tolist() for k, v in (values or {}).items()}  # JSON for the child
+    payload = {
+        "path": str(model),
+        "threads": threads,
+        "field": field,
+        "shapes": shapes,
+        "shapes_field": shapes_field,
+        "values": given,
+    }
     return run_isolated(probe_job, payload, model, field)
 
 
@@ -54,11 +67,11 @@ def probe_job(p: dict) -> dict:
 
     shapes = _resolved(p)
     session = _session(Path(p["path"]), p["field"], p.get("threads", 1), make_session)
-    feed = synthetic_feed(session, shapes=shapes)
+    feed = synthetic_feed(session, shapes=shapes, values=p.get("values"))
     try:
         outs = session.run(None, feed)
     except Exception as exc:
-        raise _runtime_refusal(exc, Path(p["path"]), p["field"]) from None
+        raise _runtime_refusal(exc, Path(p["path"]), p["field"], shapes) from None
     import numpy as np
 
     return {
@@ -75,15 +88,10 @@ def bench_job(p: dict) -> dict:
     from exporter.recipe import BenchSection
 
     prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
+    path, shapes = Path(p["path"]), _resolved(p)
+    settings = BenchSection(**p["settings"])
     return _guarded(
-        Path(p["path"]),
-        lambda: bench_file(
-            Path(p["path"]),
-            prof,
-            BenchSection(**p["settings"]),
-            power_sensor=p.get("power_sensor"),
-            shapes=p.get("shapes"),
-        ),
+        path, lambda: bench_file(path, prof, settings, power_sensor=p.get("power_sensor"), shapes=shapes), shapes
     )
 
 
@@ -101,11 +109,12 @@ def quantize_job(p: dict) -> dict:
     from exporter.quant.standalone import quantize_file
 
     prof = get_profiles([p["profile"]], [Path(d) for d in p["profiles_dirs"]])[0]
+    path, shapes = Path(p["path"]), _resolved(p)
     args = dict(p["args"])
     for key in ("calibration", "out", "evaluation"):
         if args.get(key) is not None:
             args[key] = Path(args[key])
-    return _guarded(Path(p["path"]), lambda: quantize_file(Path(p["path"]), prof, shapes=p.get("shapes"), **args))
+    return _guarded(path, lambda: quantize_file(path, prof, shapes=shapes, **args), shapes)
 
 
 @sandbox_job
@@ -116,7 +125,7 @@ def diagnose_job(p: dict) -> dict:
     path = Path(p["path"])
     fp32 = Path(p["fp32"]) if p.get("fp32") else None
     shapes = _resolved(p)
-    report = _guarded(path, lambda: diagnose(path, synthetic_feed(path, shapes=shapes), fp32))
+    report = _guarded(path, lambda: diagnose(path, synthetic_feed(path, shapes=shapes), fp32), shapes)
     return {**report, "shapes": shapes}
 
 
@@ -127,10 +136,30 @@ def _session(path: Path, field: str, threads: int, make: Callable):
         raise _runtime_refusal(exc, path, field) from None
 
 
-def _runtime_refusal(exc: BaseException, path: Path, field: str) -> Exception:
+def _first_line(text: str, limit: int = 300) -> str:
+    """The first line, shortened at a word boundary (never mid-word) when longer than `limit`."""
+    line = (text.strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return cut + " ..."
+
+
+def _runtime_refusal(exc: BaseException, path: Path, field: str, shapes: dict | None = None) -> Exception:
+    """onnxruntime refusing the model: loading it is the file's problem; running it at the shapes
+    used is most often the shapes' (or an input's values'), so the message says which."""
     if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
-        return MemoryError(str(exc).splitlines()[0][:300] if str(exc) else "allocation failed")
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return MemoryError(_first_line(str(exc)) or "allocation failed")
+    first = _first_line(str(exc)) or type(exc).__name__
+    if shapes is not None and "while running" in str(exc):
+        from exporter.shapes import describe
+
+        return UsageError(
+            f"onnxruntime failed running this model at {describe(shapes)} ({type(exc).__name__}: {first})",
+            path=path,
+            field=field,
+            fix="check the sizes against what the model expects (--shape; `edgex inspect` shows what it declares)",
+        )
     return UsageError(
         f"onnxruntime cannot run this model ({type(exc).__name__}: {first})",
         path=path,
@@ -139,7 +168,7 @@ def _runtime_refusal(exc: BaseException, path: Path, field: str) -> Exception:
     )
 
 
-def _guarded(path: Path, fn: Callable[[], Any]) -> Any:
+def _guarded(path: Path, fn: Callable[[], Any], shapes: dict | None = None) -> Any:
     """onnxruntime's own refusals of a given model are the model's problem (exit 2), not edgex's."""
     try:
         return fn()
@@ -147,5 +176,5 @@ def _guarded(path: Path, fn: Callable[[], Any]) -> Any:
         raise
     except Exception as exc:
         if type(exc).__module__.startswith("onnxruntime"):
-            raise _runtime_refusal(exc, path, "model") from None
+            raise _runtime_refusal(exc, path, "model", shapes) from None
         raise

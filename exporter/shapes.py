@@ -95,17 +95,18 @@ def _axis_words(dim: Dim) -> str:
     return f"'{dim}'" if isinstance(dim, str) else "unnamed"
 
 
-def _placeholder(axis: int, dim: Dim) -> str:
+def _placeholder(axis: int, dim: Dim, prefix: str) -> str:
     if isinstance(dim, int):
         return str(dim)
     if isinstance(dim, str) and _IDENT.match(dim) and dim.lower() != "x":
         return dim.upper()
-    return f"D{axis}"
+    return f"{prefix}{axis}"
 
 
-def template(inp: DeclaredInput) -> str:
-    """`x=D0x3xD2xD3`: the flag's value with each dynamic size left for the user to fill in."""
-    return f"{inp.name}=" + "x".join(_placeholder(i, d) for i, d in enumerate(inp.dims))
+def template(inp: DeclaredInput, prefix: str = "D") -> str:
+    """`x=D0x3xD2xD3`: the flag's value with each dynamic size left for the user to fill in (a
+    symbolic name in capitals, else `prefix` + the axis)."""
+    return f"{inp.name}=" + "x".join(_placeholder(i, d, prefix) for i, d in enumerate(inp.dims))
 
 
 def resolve_shapes(
@@ -156,13 +157,23 @@ def resolve_shapes(
         first = missing[0]
         axes = first.dynamic_axes()
         axis = axes[0]
-        also = f" (so are axes {', '.join(map(str, axes[1:]))})" if len(axes) > 1 else ""
-        others = f"; inputs {', '.join(repr(m.name) for m in missing[1:])} too" if len(missing) > 1 else ""
-        flags = " ".join(f"{field} {template(m)}" for m in missing)
+        rest = axes[1:]
+        also = f" (so {'is axis' if len(rest) == 1 else 'are axes'} {', '.join(map(str, rest))})" if rest else ""
+        more = [repr(m.name) for m in missing[1:]]
+        others = f"; {'input' if len(more) == 1 else 'inputs'} {', '.join(more)} too" if more else ""
+        # One input: D + axis; several: A0, B1... so unnamed sizes of different inputs do not look alike.
+        prefixes = (
+            ["D"] if len(missing) == 1 else [chr(ord("A") + k) if k < 26 else f"I{k}_" for k in range(len(missing))]
+        )
+        values = [template(m, p) for m, p in zip(missing, prefixes, strict=False)]
+        if field == SHAPE_FLAG:
+            fix = f"pass {' '.join(f'{field} {v}' for v in values)} with each placeholder the size to use"
+        else:
+            fix = f"give every size in {field} ({', '.join(values)}, each placeholder the size to use)"
         raise UsageError(
             f"input '{first.name}' axis {axis} ({_axis_words(first.dims[axis])}) is dynamic{also}{others}",
             path=path,
-            fix=f"pass {flags} with each placeholder the size to use",
+            fix=fix,
         )
     return shapes
 

@@ -189,9 +189,14 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe, targets: Sequence[Target] 
     if not targets:
         return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=digest)
     from exporter.ingest import ingest
+    from exporter.recipe_inputs import constant_array
 
     shapes = {s.name: list(s.shape) for s in loaded.recipe.inputs}
-    ingested, record = ingest(path, targets, shapes, seed=loaded.recipe.seed, where=path, field_name="model.path")
+    constants = {s.name: constant_array(s) for s in loaded.recipe.inputs if s.kind == "constant"}
+    seed = loaded.recipe.seed
+    ingested, record = ingest(
+        path, targets, shapes, constants=constants, seed=seed, where=path, field_name="model.path"
+    )
     if not record.changed:
         return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=digest, ingest=record.as_dict())
     from exporter import log

@@ -72,13 +72,14 @@ def test_validate_bundled_recipe():
 
 def test_inspect_and_bench_a_built_model(tiny_build):
     model = tiny_build["out"] / "raspberry-pi-5-cpu" / "baseline.onnx"
-    info = json.loads(run_cli("inspect", str(model), "--json").stdout)
+    shape = ["--shape", "image=1x3x16x16"]  # the CPU file keeps its batch axis dynamic
+    info = json.loads(run_cli("inspect", str(model), *shape, "--json").stdout)
     base = tiny_build["manifest"]["profiles"][0]["variants"][0]
     assert info["macs"] == base["macs"] > 0 and info["parameters"] == base["params"]
     assert info["inputs"][0]["name"] == "image" and info["opset"]["ai.onnx"] == 18
     assert "Conv" in info["op_histogram"]
     proc = run_cli(
-        "bench", str(model), "--profile", "raspberry-pi-5-cpu", "--runs", "20", "--seconds", "0.05", "--json"
+        "bench", str(model), "--profile", "raspberry-pi-5-cpu", "--runs", "20", "--seconds", "0.05", *shape, "--json"
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -87,7 +88,7 @@ def test_inspect_and_bench_a_built_model(tiny_build):
     assert 0 < result["memory"]["session_mb"] < result["memory"]["peak_rss_mb"]
     accuracy = [v for v in result["verdicts"] if v["budget"] == "accuracy_drop"]
     assert accuracy and accuracy[0]["ok"] is None  # no data given: not evaluated, not passed
-    text = run_cli("inspect", str(model))
+    text = run_cli("inspect", str(model), *shape)
     assert text.returncode == 0 and "MACs" in text.stdout
 
 
@@ -98,8 +99,9 @@ def test_bench_exit_1_on_budget_miss(tiny_build, tmp_path):
     (tmp_path / "tight.yaml").write_text(yaml.safe_dump(data))
     model = tiny_build["out"] / "raspberry-pi-5-cpu" / "int8.onnx"
     proc = run_cli(
-        "--profiles-dir", str(tmp_path), "bench", str(model), "--profile", "tight", "--runs", "5", "--seconds", "0"
-    )
+        "--profiles-dir", str(tmp_path), "bench", str(model), "--profile", "tight", "--runs", "5", "--seconds", "0",
+        "--shape", "image=1x3x16x16",
+    )  # fmt: skip
     assert proc.returncode == 1
     assert "model_size_mb" in proc.stdout and "FAIL" in proc.stdout
 

@@ -151,11 +151,12 @@ def _tiny_onnx(path: Path) -> Path:
 def test_one_synthetic_feed_from_a_path_a_session_or_its_inputs(tmp_path):
     path = _tiny_onnx(tmp_path / "m.onnx")
     session = open_session(path)
-    feeds = [synthetic_feed(path, 3), synthetic_feed(session, 3), synthetic_feed(session.get_inputs(), 3)]
+    shapes = {"x": [1, 3]}  # "batch" is dynamic: its size is given, never guessed
+    feeds = [synthetic_feed(p, 3, shapes) for p in (path, session, session.get_inputs())]
     for feed in feeds:
         assert sorted(feed) == ["ids", "x"] and feed["x"].shape == (1, 3) and not feed["ids"].any()
         np.testing.assert_array_equal(feed["x"], feeds[0]["x"])
-    assert not np.array_equal(synthetic_feed(path, 4)["x"], feeds[0]["x"])  # seeded
+    assert not np.array_equal(synthetic_feed(path, 4, shapes)["x"], feeds[0]["x"])  # seeded
 
 
 def test_timed_block_stops_at_its_runs_and_seconds():

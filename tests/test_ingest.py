@@ -72,6 +72,15 @@ def test_dynamic_int8_runs_on_promoted_weights(tmp_path):
     assert "ConvInteger" in _ops(onnx.load(str(tmp_path / "dyn.onnx")))
 
 
+def test_silero_nested_if_inlined_for_declared_rate_and_static_shapes():
+    path = _vad("silero_vad.onnx")
+    shapes = {"input": [1, 576], "state": [2, 1, 128], "sr": []}
+    rate = {"sr": np.array(16000, np.int64)}
+    model, record = ingest(path, [get_target("qnn"), get_target("cpu")], shapes, constants=rate)
+    assert (record.opset_from, record.opset_to) == (16, 17) and len(record.inlined) == 2
+    assert {"Conv", "LSTM"} <= set(_ops(model)) and record.parity["max_abs_diff"] <= 1e-4
+
+
 def test_silero_if_refused_by_name_on_integer_only_target():
     path = _vad("silero_vad_op18_ifless.onnx")
     with pytest.raises(UsageError, match=r"If node 'node_cond__1' holds \d+ weighted ops.*target 'qnn'") as info:
@@ -89,7 +98,7 @@ def test_silero_if_kept_on_cpu_and_inlined_when_sample_rate_fixed():
     model, record = ingest(path, get_target("qnn"), feed=feed, constants={"sr": np.array(16000, np.int64)})
     assert record.inlined == ["node_cond__1"] and record.control_flow == []
     assert "If" not in _ops(model) and _ops(model).count("Conv") == 6
-    assert [i.name for i in model.graph.input] == ["input", "state"]
+    assert [i.name for i in model.graph.input] == ["input", "sr", "state"]  # the app still feeds sr
     assert record.parity["max_abs_diff"] <= 1e-4
 
 
@@ -221,5 +230,16 @@ def test_validate_refuses_what_build_would(tmp_path):
         validate_recipe(recipe)
     # declared at a shape the model cannot run at (an old opset, so ingest runs it)
     recipe = _onnx_recipe(tmp_path / "shape", _tiny(12), [1, 5], ["raspberry-pi-5-cpu"])
-    with pytest.raises(UsageError, match=r"does not run at the shapes \{'x': \[1, 5\]\}"):
+    with pytest.raises(UsageError, match=r"axis 1 is fixed at 8 in the model"):
         validate_recipe(recipe)
+
+
+def test_static_shapes_fixed_axis_by_axis_when_symbols_repeat():
+    """paddle2onnx writes '?' for both height and width: make_input_shape_fixed refused it
+    ("Can't replace existing fixed size of 48 with 192"), an exit 3 on the cls model for QNN."""
+    from exporter.export import _fix_input_shapes
+    from exporter.recipe import InputSpec
+
+    model = onnx.load(str(_ocr("ch_ppocr_mobile_v2.0_cls_infer.onnx")))
+    _fix_input_shapes(model, [InputSpec(name="x", shape=[1, 3, 48, 192])])
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 48, 192]

@@ -317,17 +317,20 @@ def test_cli_quantize_and_diagnose(models, tmp_path):
     out = tmp_path / "deep" / "tiny-int8.onnx"
     proc = run_cli(
         "quantize", str(models["tiny"]), "--profile", "raspberry-pi-5-cpu", "--calibration", str(calib),
-        "--out", str(out), "--max-drop", "0.05", "--json",
+        "--out", str(out), "--max-drop", "0.05", "--shape", "image=1x3x16x16", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert out.is_file() and result["cosine"] >= 0.95 and result["evaluated_on"].endswith("(in-sample)")
     assert result["speed_guard"]["verdict"] and result["search"]["met"] is True
     assert not list(out.parent.glob(".edgex-quantize-*"))  # staged, then renamed into place
-    proc = run_cli("diagnose", str(out), "--profile", "raspberry-pi-5-cpu", "--fp32", str(models["tiny"]), "--json")
+    shape = ["--shape", "image=1x3x16x16"]
+    proc = run_cli(
+        "diagnose", str(out), "--profile", "raspberry-pi-5-cpu", "--fp32", str(models["tiny"]), *shape, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["findings"]
-    text = run_cli("diagnose", str(out), "--profile", "raspberry-pi-5-cpu")
+    text = run_cli("diagnose", str(out), "--profile", "raspberry-pi-5-cpu", *shape)
     assert text.returncode == 0 and "ms" in text.stdout
 
 
@@ -335,6 +338,7 @@ def test_cli_quantize_bad_inputs_exit_2_with_one_line(models, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, pixels=np.zeros((4, 3, 16, 16), np.float32))
     args = ["quantize", str(models["tiny"]), "--profile", "raspberry-pi-5-cpu", "--out", str(tmp_path / "o.onnx")]
+    args += ["--shape", "image=1x3x16x16"]
     proc = run_cli(*args, "--calibration", str(bad))
     assert proc.returncode == 2 and "--calibration" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -348,7 +352,7 @@ def test_cli_quantize_bad_inputs_exit_2_with_one_line(models, tmp_path):
     np.savez(good, image=np.zeros((4, 3, 16, 16), np.float32))
     proc = run_cli(
         "quantize", str(models["tiny"]), "--profile", "sa8295p-qnn", "--calibration", str(good),
-        "--out", str(tmp_path / "o.onnx"), "--precision", "fp16",
+        "--out", str(tmp_path / "o.onnx"), "--precision", "fp16", "--shape", "image=1x3x16x16",
     )  # fmt: skip
     assert proc.returncode == 2 and "cannot run fp16" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()

@@ -67,7 +67,9 @@ def stateful_model(path: Path, decay: float = 0.5) -> Path:
 def specs(batch: int = 1, initial: float = 0.0) -> list[InputSpec]:
     return [
         InputSpec(name="x", shape=[batch, WIDTH]),
-        InputSpec(name="state", shape=[2, batch, WIDTH], state={"output": "stateN", "initial": initial}),
+        InputSpec(
+            name="state", shape=[2, batch, WIDTH], state={"output": "stateN", "initial": initial, "batch_axis": 1}
+        ),
         InputSpec(name="scale", shape=[], value=SCALE),
     ]
 
@@ -209,7 +211,7 @@ def test_validate_names_the_axis_of_a_wrong_recipe_shape(tmp_path, chunks):
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert "inputs[1].shape" in last and "[2, batch, 4]" in last, last
+    assert "inputs" in last and "'state'" in last and "[2, batch, 4]" in last, last
 
 
 def test_prepare_carries_state_for_reference_and_calibration(tmp_path, chunks):
@@ -271,7 +273,6 @@ def test_runtime_json_and_reference_bundle_tell_the_app(tmp_path, chunks):
     assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
 def test_build_of_a_stateful_model(tmp_path, chunks):
     """The whole build: calibration, evaluation with carried state, timing, runtime.json."""
     path = write_project(tmp_path, chunks)
@@ -314,4 +315,4 @@ def test_silero_vad_sequence_matches_a_direct_onnxruntime_loop():
     zero = run_all(
         make_session(silero_path()), {"input": chunk_rows, "state": np.zeros((10, 2, 128), np.float32)}, feeding=feeding
     )
-    assert np.abs(zero[0] - outs[0]).max() > 1e-3
+    assert np.abs(zero[0] - outs[0]).max() > 0.05 * np.abs(outs[0]).max()

@@ -45,26 +45,31 @@ def open_session(path: str, threads: int = 1, level=None):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def synthetic_feed(model, seed: int = 0, shapes=None) -> dict:
+def synthetic_feed(model, seed: int = 0, shapes=None, values=None) -> dict:
     """Seeded inputs in the given shapes: normal floats, zero integers.
 
     `model`: a model file, an onnxruntime session, or the session's `get_inputs()`. `shapes`:
     {input name: sizes} (edgex resolves them with exporter.shapes.resolve_shapes). A fixed size the
     model declares is used as is; a dynamic one (symbolic or unknown) must be given: no size is
     ever guessed, because timing a 1x1 image of a detector is no measure of the 640x640 one.
-    Raises ValueError naming the input and axis otherwise."""
+    Raises ValueError naming the input and axis otherwise. `values`: {input name: array-like}
+    fed as given (broadcast to the shape), for inputs whose value picks what the model runs
+    (a sample rate, a state's initial value) where random data would pick a branch never used."""
     import numpy as np
 
     if isinstance(model, (str, os.PathLike)):
         model = open_session(os.fspath(model))
     inputs = model.get_inputs() if hasattr(model, "get_inputs") else model
     shapes = shapes or {}
+    values = values or {}
     rng = np.random.default_rng(seed)
     feed = {}
     for inp in inputs:
         shape = _feed_shape(inp.name, list(inp.shape), shapes.get(inp.name))
         dtype = np.dtype(NUMPY_TYPES.get(inp.type, "float32"))
-        if np.issubdtype(dtype, np.floating):
+        if inp.name in values:
+            feed[inp.name] = np.broadcast_to(np.asarray(values[inp.name], dtype=dtype), shape).copy()
+        elif np.issubdtype(dtype, np.floating):
             feed[inp.name] = rng.standard_normal(shape).astype(dtype)
         else:
             feed[inp.name] = np.zeros(shape, dtype=dtype)

@@ -262,6 +262,9 @@ def inspect(model: Path, shape_options: tuple[str, ...], as_json: bool) -> int:
         if d.get("macs_uncounted_nodes"):
             n = len(d["macs_uncounted_nodes"])
             lines.append(f"  MACs of {n} node(s) not counted: sizes unknown after shape inference")
+        if d.get("macs_not_counted_in_subgraphs_of"):
+            names = ", ".join(d["macs_not_counted_in_subgraphs_of"][:5])
+            lines.append(f"  MACs inside the subgraphs of {names} not counted (the branch is chosen at run time)")
         lines += [f"  input  {i['name']}: {i['dtype']} {i['shape']}" for i in d["inputs"]]
         lines += [f"  output {o['name']}: {o['dtype']} {o['shape']}" for o in d["outputs"]]
         lines.append("  ops: " + ", ".join(f"{k}×{v}" for k, v in d["op_histogram"].items()))

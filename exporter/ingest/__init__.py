@@ -24,7 +24,6 @@ from onnx import helper
 
 from exporter.errors import UsageError
 from exporter.ingest.graph import (
-    bind_inputs,
     control_flow_nodes,
     convert_opset,
     count_parameters,
@@ -50,9 +49,8 @@ class IngestRecord:
     constants_bytes: int = 0
     parameters: int = 0
     typed_tensors: int = 0  # value_info entries shape inference added
-    simplifier: str | None = None
     control_flow: list[str] = field(default_factory=list)  # node names of If/Loop/Scan, "op:name"
-    bound_inputs: list[str] = field(default_factory=list)  # inputs fixed as constants (`sr: 16000`)
+    bound_inputs: list[str] = field(default_factory=list)  # inputs the recipe fixes (`sr: 16000`), assumed
     inlined: list[str] = field(default_factory=list)  # If nodes replaced by the branch they always take
     parity: dict | None = None
     changed: bool = False
@@ -72,9 +70,9 @@ class IngestRecord:
                 f"{self.constants_promoted} Constant nodes promoted to initializers ({self.constants_bytes} bytes)"
             )
         if self.bound_inputs:
-            parts.append(f"inputs {', '.join(self.bound_inputs)} fixed; {len(self.inlined)} If nodes inlined")
-        if self.simplifier:
-            parts.append(f"simplified with {self.simplifier}")
+            parts.append(f"{len(self.inlined)} If nodes inlined for {', '.join(self.bound_inputs)} as declared")
+        elif self.inlined:
+            parts.append(f"{len(self.inlined)} If nodes inlined for the declared static shapes")
         if self.parity:
             parts.append(
                 f"parity vs the original: max abs diff {self.parity['max_abs_diff']:.3g}, "
@@ -222,12 +220,11 @@ def ingest(
     feed: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     constants: Mapping[str, np.ndarray] | None = None,
-    simplify: bool = False,
     where: Path | str | None = None,
     field_name: str = "model.path",
 ) -> tuple[onnx.ModelProto, IngestRecord]:
     """The user's graph made workable for TARGET(s): opset brought into range, Constant weights
-    promoted, shapes inferred, optionally simplified; parity-checked when anything changed.
+    promoted, shapes inferred; parity-checked when anything changed.
 
     shapes: the shape of each input for the parity run (needed for dynamic dimensions), or feed:
     the exact arrays to run (a recipe's data, a state input's initial value). constants: inputs
@@ -246,15 +243,10 @@ def ingest(
         work = convert_opset(work, to, where, field_name)
     count, size = promote_constants(work.graph, as_inputs=work.ir_version < 4)
     bound = {k: np.asarray(v) for k, v in (constants or {}).items()}
-    inlined: list[str] = []
-    if bound:
-        bind_inputs(work, bound)
-        inlined = inline_constant_ifs(work)
-    simplifier = None
-    if simplify:
-        work, simplifier = _simplify(work)
+    static = shapes if shapes and any(t.static_shapes for t in targets) else None
+    inlined = inline_constant_ifs(work, bound, static) if bound or static else []
     refuse_float_subgraphs(work, targets, where)
-    changed = to != opset or count > 0 or bool(bound) or simplifier is not None
+    changed = to != opset or count > 0 or bool(inlined)
     typed = 0
     if changed:
         work, typed = infer_shapes(work)
@@ -265,7 +257,6 @@ def ingest(
         constants_bytes=size,
         parameters=count_parameters(work.graph),
         typed_tensors=typed,
-        simplifier=simplifier,
         control_flow=control_flow_nodes(work.graph),
         bound_inputs=sorted(bound),
         inlined=inlined,
@@ -277,20 +268,6 @@ def ingest(
     run.update(bound)
     checked = parity(path if path is not None else original, work, run, where, field_name)
     return work, IngestRecord(**{**record.as_dict(), "parity": checked})
-
-
-def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """onnxslim, when installed (optional): constant folding and redundant-node removal."""
-    try:
-        import onnxslim
-    except ImportError:
-        return model, None
-    from importlib.metadata import version
-
-    slimmed = onnxslim.slim(model)
-    if slimmed is None or len(slimmed.graph.node) >= len(model.graph.node):
-        return model, None
-    return slimmed, f"onnxslim {version('onnxslim')}"
 
 
 def ingest_file(

@@ -165,15 +165,6 @@ _FOLDABLE = {
 _SMALL = 64  # elements: conditions and sample rates, never weights
 
 
-def bind_inputs(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> None:
-    """Inputs whose value is fixed for the device (a sample rate) become initializers."""
-    keep = [i for i in model.graph.input if i.name not in values]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
-    for name, value in values.items():
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-
-
 def _evaluate(node: onnx.NodeProto, args: list[np.ndarray], opset: int) -> list[np.ndarray] | None:
     from onnx.reference import ReferenceEvaluator
 
@@ -183,15 +174,23 @@ def _evaluate(node: onnx.NodeProto, args: list[np.ndarray], opset: int) -> list[
         return None
 
 
-def inline_constant_ifs(model: onnx.ModelProto) -> list[str]:
+def inline_constant_ifs(
+    model: onnx.ModelProto,
+    assumed: Mapping[str, np.ndarray] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> list[str]:
     """If nodes whose condition is known before the model runs (it depends only on constants, e.g.
     a bound sample rate) are replaced by the branch they always take, so the quantizer sees the
     branch's weights (onnxruntime's quantizer does not quantize inside subgraphs). Returns the
-    names of the nodes inlined; a graph that would break (name clash) is left as it was."""
+    names of the nodes inlined; a graph that would break (name clash) is left as it was.
+    assumed: inputs whose value the recipe fixes (`value:`); they stay inputs (the app still feeds
+    them) but the branch for their value is the one kept. shapes: input shapes fixed for the
+    device (static-shape targets): `Shape` of such an input is known too."""
     graph, opset = model.graph, model_opset(model)
     known: dict[str, np.ndarray] = {
         i.name: numpy_helper.to_array(i) for i in graph.initializer if int(np.prod(i.dims)) <= _SMALL
     }
+    known.update({k: np.asarray(v) for k, v in (assumed or {}).items()})
     out, inlined, pending = [], [], list(graph.node)
     while pending:
         node = pending.pop(0)
@@ -211,7 +210,11 @@ def inline_constant_ifs(model: onnx.ModelProto) -> list[str]:
             inlined.append(node.name)
             continue
         out.append(node)
-        if node.op_type in _FOLDABLE and all(n in known for n in node.input if n) and not _subgraphs(node):
+        if node.op_type == "Shape" and node.input[0] in (shapes or {}):
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = np.array(list(shapes[node.input[0]]), np.int64)
+            known[node.output[0]] = dims[attrs.get("start", 0) : attrs.get("end", len(dims))]
+        elif node.op_type in _FOLDABLE and all(n in known for n in node.input if n) and not _subgraphs(node):
             values = _evaluate(node, [known[n] for n in node.input if n], opset)
             for name, value in zip(node.output, values or []):
                 if np.asarray(value).size <= _SMALL:

@@ -157,7 +157,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         record["weights_check"] = weights[name]
         record["package"] = packages[name]
         variants.append(record)
-    speed_verdicts(variants, target, threads)
+    speed_verdicts(variants, target, threads, profile.id)
     deliverable, decision = deliverable_of(ctx, profile.id, variants, target)
     failed = ordered_failures(failures)
     profile_verdicts = deliverable["verdicts"] + failed_variants_verdicts(failed)

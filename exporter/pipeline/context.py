@@ -155,6 +155,9 @@ def prepare(
             )
     model = load_model(loaded, [get_target(p.target) for p in chosen])
     inputs = r.inputs if r.inputs is not None else model.hf.inputs
+    check_inputs(loaded, model, inputs, ids)
+    # Data inputs first: the batch and the query label are read from the first input.
+    inputs = sorted(inputs, key=lambda s: s.kind != "data")
     calibration, evaluation = load_data(loaded, model, inputs)
     metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
     needs_labels(metric_name, evaluation.labels, loaded.path)

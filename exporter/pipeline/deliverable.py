@@ -157,7 +157,7 @@ def deliverable_of(ctx: Context, profile_id: str, variants: list[dict], target: 
 SPEED_VERDICT = "int8_speed_vs_fp32"
 
 
-def speed_verdicts(variants: list[dict], target: Target, threads: int) -> None:
+def speed_verdicts(variants: list[dict], target: Target, threads: int, label: str = "") -> None:
     """On a CPU target every INT8 variant (static and dynamic) is judged against FP32's p50 from the
     same interleaved run: more than SPEED_TOLERANCE slower is a failed verdict, so it never ships
     while FP32 passes (edgex's promise: never an INT8 file slower than FP32 on a CPU). Adds to each
@@ -193,7 +193,7 @@ def speed_verdicts(variants: list[dict], target: Target, threads: int) -> None:
         v["ok"] = v["ok"] and verdict["ok"]
         if not verdict["ok"]:
             log.info(
-                f"{v['name']}: {ratio:.2f}x FP32's p50 on this CPU target, more than {limit:.2f}x: it does not ship "
+                f"[{label}] {v['name']}: {ratio:.2f}x FP32's p50 on this CPU target, more than {limit:.2f}x: it does not ship "
                 "while FP32 meets the budgets"
             )
 

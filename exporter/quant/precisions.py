@@ -117,7 +117,7 @@ def as_step(variant: str, run: Callable[[Request, RunInputs, Path], Produced]) -
 
     @functools.wraps(run)
     def step(req: Request, run_inputs: RunInputs, out: Path) -> Produced:
-        with internal_step(f"quantize {variant}", out.name):
+        with internal_step(f"quantize {variant}", out):
             if injected_fault(f"quantize:{variant}"):
                 raise ValueError(f"failure injected into this step by the test hook {TEST_FAULT_ENV}")
             return run(req, run_inputs, out)
