@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
-OCR_SHAPES = {"det": "x=1x3x320x320", "rec": "x=1x3x48x320", "cls": "x=1x3x48x192"}
+OCR_SHAPES = {"det": "x=1x3x640x640", "rec": "x=1x3x48x320", "cls": "x=1x3x48x192"}
 
 
 def _wheel_file(package: str, *parts: str) -> Path:

@@ -6,6 +6,13 @@ ReduceMean) adds work, so a mobilenet_v3-style CNN quantized everywhere is ~20% 
 times INT8 against FP32 side by side, and when INT8 loses by more than the tolerance it retries
 with fewer op types quantized (the ladder below), keeping the first rung that is fast enough and
 still meets the accuracy budget. What it tried and why it stopped goes into the report.
+
+The guard shapes the static INT8 file (with or without the accuracy search); the promise itself
+is kept by the build: on a CPU target every INT8 variant, static and dynamic, gets the verdict
+`int8_speed_vs_fp32` (its p50 over FP32's in the same interleaved run, at most 1 + TOLERANCE), so
+an INT8 file slower than FP32 never ships while FP32 meets the budgets
+(`pipeline.deliverable.speed_verdicts`). On NPU targets the host's ratio is not a device figure,
+and the report says so instead of judging it.
 """
 
 from __future__ import annotations

@@ -10,12 +10,14 @@ Calibration, evaluation and the speed guard run at the input shapes resolved fro
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from exporter.data import _read_npz, make_dataset, validate_arrays
 from exporter.errors import UsageError
+from exporter.ingest import ingest_file
 from exporter.measure import evaluate_outputs
 from exporter.metrics import cosine
 from exporter.onnx_io import check_onnx_file
@@ -49,58 +51,66 @@ def quantize_file(
     handler = handler_for(precision)  # the same handler a build resolves (exporter.quant.precisions)
     handler.check(target, model_path, profile.id)
     specs = specs_from_model(model, used)
-    calib = make_dataset(
-        validate_arrays(_read_npz(calibration, calibration, "--calibration"), specs, calibration, "--calibration"), None
-    )
-    if evaluation is not None:
-        evald = make_dataset(
-            validate_arrays(_read_npz(evaluation, evaluation, "--evaluation"), specs, evaluation, "--evaluation"), None
+    given = model_path
+    # The same ingest as a build: the file as exporters wrote it made workable, parity-checked.
+    with tempfile.TemporaryDirectory(prefix="edgex-ingest-") as scratch:
+        model_path, ingested = ingest_file(given, target, used, Path(scratch), field_name="MODEL")
+        calib = make_dataset(
+            validate_arrays(_read_npz(calibration, calibration, "--calibration"), specs, calibration, "--calibration"),
+            None,
         )
-    else:
-        evald = calib
-    budget = max_drop if max_drop is not None else profile.budgets.max_accuracy_drop
-    mode = evaluation_mode(target)
-    threads = host_threads(2)
-    reference = run_all(make_session(model_path, threads), evald.inputs)
+        if evaluation is not None:
+            evald = make_dataset(
+                validate_arrays(_read_npz(evaluation, evaluation, "--evaluation"), specs, evaluation, "--evaluation"),
+                None,
+            )
+        else:
+            evald = calib
+        budget = max_drop if max_drop is not None else profile.budgets.max_accuracy_drop
+        mode = evaluation_mode(target)
+        threads = host_threads(2)
+        reference = run_all(make_session(model_path, threads), evald.inputs)
 
-    def drop_of(path: Path) -> float:
-        got = evaluate_outputs(path, evald.inputs, threads, path.name, mode)
-        return 1.0 - cosine(got[0], None, reference[0])
+        def drop_of(path: Path) -> float:
+            got = evaluate_outputs(path, evald.inputs, threads, path.name, mode)
+            return 1.0 - cosine(got[0], None, reference[0])
 
-    if out.exists() and out.is_dir():
-        raise UsageError(f"'{out}' is a folder", path=out, field="--out", fix="give a file name ending in .onnx")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    batch = specs[0].shape[0]
-    summary: dict = {
-        "model": str(model_path),
-        "profile": profile.id,
-        "target": target.id,
-        "precision": precision,
-        "shapes": used,
-    }
-    settings = QuantizeSection(calibration_method=method, calibration_samples=samples) if handler.searched else None
-    settings = settings or QuantizeSection()  # --method and --samples steer the INT8 search only
-    request = Request(model_path, target, settings, budget)
-    run = RunInputs(
-        calib,
-        batch,
-        seed,
-        evaluate=drop_of,
-        speed_feed={k: v[:batch] for k, v in evald.inputs.items()},
-        label=profile.id,
-    )
-    with atomic_file(out) as staged:
-        produced = handler.run(request, run, staged)
-        summary.update(produced.summary)
-        handler.ensures(staged, handler.variant)
-        drop = drop_of(staged)
-    summary.update(
-        out=str(out),
-        cosine=round(1.0 - drop, 6),
-        drop=round(drop, 6),
-        budget=budget,
-        evaluated_on="evaluation file" if evaluation is not None else "calibration samples (in-sample)",
-        size_ratio=round(out.stat().st_size / model_path.stat().st_size, 4),
-        ok=bool(drop <= budget and np.isfinite(drop)),
-    )
-    return summary
+        if out.exists() and out.is_dir():
+            raise UsageError(f"'{out}' is a folder", path=out, field="--out", fix="give a file name ending in .onnx")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        batch = specs[0].shape[0]
+        summary: dict = {
+            "model": str(model_path),
+            "profile": profile.id,
+            "target": target.id,
+            "precision": precision,
+            "shapes": used,
+        }
+        if ingested.changed:  # an old opset converted, Constant weights promoted: said, with its parity
+            summary["ingest"] = ingested.as_dict()
+        settings = QuantizeSection(calibration_method=method, calibration_samples=samples) if handler.searched else None
+        settings = settings or QuantizeSection()  # --method and --samples steer the INT8 search only
+        request = Request(model_path, target, settings, budget)
+        run = RunInputs(
+            calib,
+            batch,
+            seed,
+            evaluate=drop_of,
+            speed_feed={k: v[:batch] for k, v in evald.inputs.items()},
+            label=profile.id,
+        )
+        with atomic_file(out) as staged:
+            produced = handler.run(request, run, staged)
+            summary.update(produced.summary)
+            handler.ensures(staged, handler.variant)
+            drop = drop_of(staged)
+        summary.update(
+            out=str(out),
+            cosine=round(1.0 - drop, 6),
+            drop=round(drop, 6),
+            budget=budget,
+            evaluated_on="evaluation file" if evaluation is not None else "calibration samples (in-sample)",
+            size_ratio=round(out.stat().st_size / given.stat().st_size, 4),
+            ok=bool(drop <= budget and np.isfinite(drop)),
+        )
+        return summary
