@@ -26,7 +26,17 @@ class TorchSource(Strict):
 
 class OnnxSource(Strict):
     source: Literal["onnx"]
-    path: str
+    path: str | None = Field(default=None, description="The .onnx file, relative to the recipe.")
+    file_from: str | None = Field(
+        default=None,
+        pattern=CALLABLE_PATTERN,
+        description="module:callable returning the .onnx file, e.g. a model a package ships.",
+    )
+
+    @model_validator(mode="after")
+    def _one_file(self) -> OnnxSource:
+        exactly_one(self, "path", "file_from")
+        return self
 
 
 class HFShape(Strict):

@@ -161,13 +161,31 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe, targets: Sequence[Target
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
 
+def _onnx_path(spec: OnnxSource, loaded: LoadedRecipe) -> Path:
+    """`path:` relative to the recipe, or `file_from:` a callable that returns the file (a model a
+    package ships, e.g. a wheel's data folder, which a recipe cannot name portably)."""
+    if spec.path is not None:
+        return loaded.resolve(spec.path)
+    from exporter.callables import call_user
+
+    found = call_user(spec.file_from, loaded.path.parent, loaded.path, "model.file_from")
+    if not isinstance(found, (str, os.PathLike)) or not Path(found).is_file():
+        raise UsageError(
+            f"{spec.file_from} returned {found!r}, not an existing .onnx file",
+            path=loaded.path,
+            field="model.file_from",
+            fix="return the path of the model file",
+        )
+    return Path(found)
+
+
 def load_onnx(spec: OnnxSource, loaded: LoadedRecipe, targets: Sequence[Target] = ()) -> LoadedModel:
     """A given ONNX file, checked, run once in the sandbox, then ingested for the build's targets
     (opset converted, Constant weights promoted: `exporter.ingest`); the ingested graph is written
     to a per-process folder and is what the build exports and takes its FP32 reference from."""
     from exporter.onnx_io import check_onnx_file
 
-    path = loaded.resolve(spec.path)
+    path = _onnx_path(spec, loaded)
     model = check_onnx_file(path, where=loaded.path, field="model.path")
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
@@ -184,7 +202,16 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe, targets: Sequence[Target] 
 
     check_initializers(model, loaded.path, "model.path")
     # Not built here: it must load and run once in the limited child before any session in this process.
-    probe(path, field="model.path", shapes={s.name: list(s.shape) for s in loaded.recipe.inputs}, shapes_field="inputs")
+    # Constants and initial states fed as declared: a random `sr` would take a branch the model never runs.
+    from exporter.feeding import fixed_values
+
+    probe(
+        path,
+        field="model.path",
+        shapes={s.name: list(s.shape) for s in loaded.recipe.inputs},
+        shapes_field="inputs",
+        values=fixed_values(list(loaded.recipe.inputs)),
+    )
     digest = sha256_file(path)
     if not targets:
         return LoadedModel(kind="onnx", onnx_path=path, weights_sha256=digest)
