@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,10 @@ def _onnx_path(spec: OnnxSource, loaded: LoadedRecipe) -> Path:
         return loaded.resolve(spec.path)
     from exporter.callables import call_user
 
-    found = call_user(spec.file_from, loaded.path.parent, loaded.path, "model.file_from")
-    if not isinstance(found, (str, os.PathLike)) or not Path(found).is_file():
+    found = call_user(
+        spec.file_from, loaded.path.parent, loaded.path, "model.file_from", "model file callable", "fix the callable"
+    )
+    if not isinstance(found, (str, PathLike)) or not Path(found).is_file():
         raise UsageError(
             f"{spec.file_from} returned {found!r}, not an existing .onnx file",
             path=loaded.path,
