@@ -156,6 +156,9 @@ def write_report(
                 )
             elif v["produced_by"].get("fusion"):
                 lines.append(f"- `{v['name']}` fusions {v['produced_by']['fusion']}.")
+            ingest = v["produced_by"].get("ingest") or {}
+            if ingest.get("changed"):  # the given file was changed before anything else saw it: said
+                lines.append(f"- `{v['name']}` model as given, ingested: {ingest['summary']}.")
         mode = prof["variants"][0]["metric"]["evaluated"]
         lines += [
             "",

@@ -28,11 +28,12 @@ def _summary(manifest: dict) -> str:
         base = prof["variants"][0]
         lat = next(v for v in prof["verdicts"] if v["budget"].startswith("latency"))
         pct = lat["budget"].split("_")[1]
-        status = (
-            "within budget"
-            if prof["ok"]
-            else "BUDGET MISSED: " + ", ".join(v["budget"] for v in prof["verdicts"] if v["ok"] is False)
-        )
+        missed = [v["budget"] for v in prof["verdicts"] if v["ok"] is False and v["budget"] != "failed_variants"]
+        failed = [f"{f['name']} ({f['failed']['step']})" for f in prof.get("failed_variants") or []]
+        status = "; ".join(
+            (["BUDGET MISSED: " + ", ".join(missed)] if missed else [])
+            + (["VARIANT FAILED: " + ", ".join(failed)] if failed else [])
+        ) or ("within budget" if prof["ok"] else "NOT OK")
         speed = base["latency_ms"]["p50"] / deliv["latency_ms"]["p50"] if deliv["latency_ms"]["p50"] else 0
         lines.append(
             f"{prof['id']:<28} {prof['deliverable']:<8} {pct} {lat['value']:.2f} ms (host, {prof['threads']['host']}t; "
