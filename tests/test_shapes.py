@@ -343,3 +343,16 @@ def test_the_board_script_gets_the_shapes_and_refuses_without_them(tmp_path):
     assert refused["ok"] is False and "axis 0 ('N') is dynamic" in refused["error"]["message"]
     ran = board({"shapes": {"x": [1, 3, 16, 16]}})
     assert ran["ok"] is True and len(ran["samples_ms"]) >= 2
+
+
+def test_a_builds_device_estimate_counts_at_the_shapes_timed_not_at_1():
+    """The build path (bench.judging -> estimate) takes the recipe's shapes: PP-OCRv4 det keeps
+    dynamic H/W on CPU targets, and a dimension counted as 1 made its estimate ~1,000x too small."""
+    from exporter.bench.estimate import estimate
+    from exporter.profiles import get_profiles
+
+    profile = get_profiles(["raspberry-pi-5-cpu"])[0]
+    at_1 = estimate(_det(), "fp32", 100.0, 1, profile.estimates, None)
+    at_shape = estimate(_det(), "fp32", 100.0, 1, profile.estimates, None, shapes={"x": [1, 3, 320, 320]})
+    assert at_shape["macs"] > 400 * at_1["macs"]  # 575.6 M vs 1.16 M
+    assert at_shape["bytes_moved"] > 10 * at_1["bytes_moved"]

@@ -27,6 +27,7 @@ import onnx
 from exporter.estimate_text import FORMULA, METHOD, METHOD_ON_DEVICE
 from exporter.graph_stats import count_macs
 from exporter.onnx_io import BITS_PER_ELEMENT
+from exporter.shapes import fixed_copy
 
 
 def traffic_bytes(model: onnx.ModelProto) -> int:
@@ -107,17 +108,21 @@ def estimate(
     estimates,
     rate_hz: float | None,
     device_latency_ms: float | None = None,
+    shapes: dict[str, list[int]] | None = None,
 ) -> dict:
     """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done.
 
     device_latency_ms: the latency measured on the device itself (remote runner); it replaces the
-    roofline-over-host-efficiency latency, and the energy model uses it for the static part."""
+    roofline-over-host-efficiency latency, and the energy model uses it for the static part.
+    shapes: the input shapes the variant runs at (needed where the file keeps dynamic dimensions)."""
     if estimates is None:
         return {"available": False, "reason": "the profile has no `estimates:` constants"}
     if precision not in estimates.compute_gmacs or precision not in estimates.pj_per_mac:
         return {"available": False, "reason": f"no {precision} compute constant for this device's unit"}
     model = onnx.load(str(path))
-    macs, moved = count_macs(model), traffic_bytes(model)
+    if shapes:  # the shapes the variant was judged at: a dynamic dimension is never counted as 1
+        model = fixed_copy(model, shapes)
+    macs, moved = count_macs(model, shapes), traffic_bytes(model)
     dev_compute = estimates.compute_gmacs[precision].value
     dev_bw = estimates.dram_gbps.value
     dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3

@@ -54,6 +54,7 @@ def judge_timed(
     device_latency_ms: float | None = None,
     latency_basis: str = HOST,
     measured_on: str = "the build machine",
+    shapes: dict[str, list[int]] | None = None,
 ) -> Judged:
     """Budgets are judged at the profile's percentile; energy and power on the sensor when it was
     read, else on the estimate (device_latency_ms: latency measured on the device replaces the
@@ -62,7 +63,9 @@ def judge_timed(
     interval = bootstrap_interval(stats.samples, pct)
     rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
     compute = compute_precision(precision, target)
-    device = estimate(path, compute, stats.p50, threads, profile.estimates, rate, device_latency_ms=device_latency_ms)
+    device = estimate(
+        path, compute, stats.p50, threads, profile.estimates, rate, device_latency_ms=device_latency_ms, shapes=shapes
+    )
     verdicts = judge(
         profile.budgets,
         latency_ms=stats.percentile(pct),

@@ -59,6 +59,7 @@ def variant_record(
         accuracy_drop=drop,
         max_accuracy_drop=max_drop,
         measured=meas.power,
+        shapes={s.name: list(s.shape) for s in ctx.inputs},  # the estimate counts at the shapes timed
     )
     interval, verdicts = judged.interval, judged.verdicts
     half = (interval[1] - interval[0]) / 2
