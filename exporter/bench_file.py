@@ -80,13 +80,24 @@ def bench_file(
     options: RunnerOptions | None = None,
     power_sensor: str | None = None,
     shapes: dict[str, list[int]] | None = None,
+    values: dict[str, int | float] | None = None,
 ) -> dict:
     """Benchmark one ONNX file on this machine or on a board (`runner`), against the profile's budgets.
 
-    shapes: sizes from `--shape`; every dynamic dimension of the file needs one (exit 2 otherwise)."""
+    shapes: sizes from `--shape`; every dynamic dimension of the file needs one (exit 2 otherwise).
+    values: numbers from `--value`, fed to those inputs instead of seeded data (a sample rate)."""
     settings = settings or BenchSection()
     model = check_onnx_file(path)
     used = resolve_shapes(model, shapes, path)
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(used))
+    if unknown:
+        raise UsageError(
+            f"the model has no input named '{unknown[0]}'",
+            path=path,
+            field="--value",
+            fix=f"its inputs are: {', '.join(used)}",
+        )
     scheme, parts = parse_runner(runner)
     rate = profile.budgets.average_power.rate_hz if profile.budgets.average_power else None
     if power_sensor is not None and power_sensor != "none" and power_sensor not in SENSORS:
@@ -104,7 +115,9 @@ def bench_file(
         where = parts["host"]
         latency_basis = f"device measurement (onnxruntime CPU on {runner} over ssh)"
     raw = RUNNERS[scheme](
-        BenchJob(path, profile.threads, settings, power, profile.cpu_affinity, used), parts, options or RunnerOptions()
+        BenchJob(path, profile.threads, settings, power, profile.cpu_affinity, used, values),
+        parts,
+        options or RunnerOptions(),
     )
     if raw.power is None:
         raw_power = {"available": False, "reason": "no power sensor named (profile `power_sensor:` or --power-sensor)"}

@@ -27,6 +27,7 @@ from exporter.digest import sha256_file
 from exporter.feeding import Feeding
 from exporter.recipe import BenchSection
 from exporter.runtime import make_session, run_all
+from exporter.shapes import RECORDED_SHAPES
 from exporter.targets import Target
 
 REFERENCE_SAMPLES = 8
@@ -363,8 +364,12 @@ def stamp(
     target: Target,
     variant: str,
     produced_by: dict,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> None:
-    """Provenance inside each shipped model (metadata_props), so a file found on a device says where it came from."""
+    """Provenance inside each shipped model (metadata_props), so a file found on a device says where it came from.
+
+    input_shapes: the shapes the build judged the file at, so `edgex bench`/`inspect` of a shipped
+    file with a dynamic batch run at them without `--shape` (declared by the build, not guessed)."""
     import onnx
 
     from exporter.onnx_io import save_model
@@ -387,6 +392,8 @@ def stamp(
     if "calibration_sha256" in produced_by:
         facts["edgex.calibration_sha256"] = produced_by["calibration_sha256"]
     facts["edgex.opset"] = str(next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0))
+    if input_shapes:
+        facts[RECORDED_SHAPES] = json.dumps(input_shapes, sort_keys=True, separators=(",", ":"))
     epoch = source_date_epoch()
     if epoch is not None:
         facts["edgex.source_date_epoch"] = epoch

@@ -91,7 +91,11 @@ def bench_job(p: dict) -> dict:
     path, shapes = Path(p["path"]), _resolved(p)
     settings = BenchSection(**p["settings"])
     return _guarded(
-        path, lambda: bench_file(path, prof, settings, power_sensor=p.get("power_sensor"), shapes=shapes), shapes
+        path,
+        lambda: bench_file(
+            path, prof, settings, power_sensor=p.get("power_sensor"), shapes=shapes, values=p.get("values")
+        ),
+        shapes,
     )
 
 

@@ -71,6 +71,30 @@ def parse_shape_options(values: Iterable[str], field: str = SHAPE_FLAG) -> dict[
     return out
 
 
+VALUE_FLAG = "--value"
+VALUE_HELP = (
+    "NAME=NUMBER: feed this input the number (filling its shape) instead of seeded data — a constant "
+    "that picks a branch, such as a sample rate (sr=16000), or a state's initial value. Repeatable."
+)
+
+
+def parse_value_options(values: Iterable[str], field: str = VALUE_FLAG) -> dict[str, int | float]:
+    """`NAME=16000` strings -> {name: number}: an integer when written as one, else a float."""
+    out: dict[str, int | float] = {}
+    for raw in values:
+        name, sep, text = raw.rpartition("=")
+        try:
+            number: int | float = int(text) if text.strip().lstrip("-").isdigit() else float(text)
+        except ValueError:
+            number = None  # type: ignore[assignment]
+        if not sep or not name or number is None:
+            raise UsageError(f"cannot read '{raw}' as NAME=NUMBER", field=field, fix=f"write {field} sr=16000")
+        if name in out:
+            raise UsageError(f"input '{name}' is given twice", field=field, fix="give each input's value once")
+        out[name] = number
+    return out
+
+
 def declared_inputs(model: onnx.ModelProto) -> list[DeclaredInput]:
     """The inputs a caller feeds: graph inputs that are not initializers, with their declared dims."""
     inits = {i.name for i in model.graph.initializer}
@@ -109,6 +133,31 @@ def template(inp: DeclaredInput, prefix: str = "D") -> str:
     return f"{inp.name}=" + "x".join(_placeholder(i, d, prefix) for i, d in enumerate(inp.dims))
 
 
+RECORDED_SHAPES = "edgex.input_shapes"  # metadata_props key: the shapes an edgex build judged the file at
+
+
+def recorded_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The shapes an edgex build stamped into a file it shipped ({} for any other file)."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == RECORDED_SHAPES:
+            try:
+                found = json.loads(prop.value)
+            except ValueError:
+                return {}
+            return {k: v for k, v in found.items() if isinstance(v, list) and all(isinstance(d, int) for d in v)}
+    return {}
+
+
+def _fits(shape: list[int] | None, dims: list) -> bool:
+    return (
+        shape is not None
+        and len(shape) == len(dims)
+        and all(not isinstance(d, int) or d == s for d, s in zip(dims, shape, strict=True))
+    )
+
+
 def resolve_shapes(
     model: onnx.ModelProto, given: dict[str, list[int]] | None, path: Path | str, field: str = SHAPE_FLAG
 ) -> dict[str, list[int]]:
@@ -128,9 +177,12 @@ def resolve_shapes(
         )
     shapes: dict[str, list[int]] = {}
     missing: list[DeclaredInput] = []
+    recorded = recorded_shapes(model)
     for inp in inputs:
         dims = inp.dims
-        if inp.name in given:
+        if inp.name not in given and inp.dynamic_axes() and _fits(recorded.get(inp.name), dims):
+            shapes[inp.name] = list(recorded[inp.name])  # declared by the edgex build that made the file
+        elif inp.name in given:
             want = given[inp.name]
             if len(want) != len(dims):
                 raise UsageError(

@@ -92,6 +92,21 @@ def test_inspect_and_bench_a_built_model(tiny_build):
     assert text.returncode == 0 and "MACs" in text.stdout
 
 
+def test_a_shipped_file_runs_at_the_shapes_its_build_recorded(tiny_build, tmp_path):
+    """A file edgex shipped says the shapes it was judged at (metadata_props), so it needs no
+    --shape; the same graph without that record is exit 2 naming the dynamic batch, never a 1."""
+    import onnx
+
+    model = tiny_build["out"] / "raspberry-pi-5-cpu" / "baseline.onnx"
+    info = json.loads(run_cli("inspect", str(model), "--json").stdout)
+    assert info["shapes"] == {"image": [1, 3, 16, 16]}
+    bare = onnx.load(str(model))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    proc = run_cli("inspect", str(tmp_path / "bare.onnx"))
+    assert proc.returncode == 2 and "axis 0" in proc.stderr and "--shape" in proc.stderr
+
+
 def test_bench_exit_1_on_budget_miss(tiny_build, tmp_path):
     data = yaml.safe_load((ROOT / "device_profiles" / "raspberry-pi-5-cpu.yaml").read_text())
     data["id"] = "tight"

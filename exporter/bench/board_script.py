@@ -146,7 +146,7 @@ def run(folder: str, settings: dict) -> dict:
     threads = max(1, min(int(settings["threads"]), os.cpu_count() or 1))
     before = status_mb("VmRSS")
     sess = open_session(os.path.join(folder, "model.onnx"), threads)
-    feed = synthetic_feed(sess, int(settings.get("seed", 0)), settings.get("shapes"))
+    feed = synthetic_feed(sess, int(settings.get("seed", 0)), settings.get("shapes"), settings.get("values"))
     meter, power = None, None
     spec = settings.get("power")
     if spec:

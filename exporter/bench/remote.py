@@ -73,6 +73,7 @@ class BenchJob:
     power: dict | tuple | None  # ssh: what the board should measure; local: (meter, unmeasured, rate)
     affinity: list[int] | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)  # every input's sizes (exporter.shapes)
+    values: dict[str, int | float] = field(default_factory=dict)  # inputs fed as given (`--value`)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def run_ssh(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
         "max_seconds": settings.max_seconds,
         "seed": 0,
         "shapes": job.shapes,
+        "values": job.values,
         "power": power,
     }
     remote = f"{options.remote_python} -c {shlex.quote(BOOTSTRAP)}"
@@ -248,7 +250,7 @@ def run_local(job: BenchJob, parts: dict, options: RunnerOptions) -> RawRun:
     from exporter.runtime import host_threads
 
     threads = host_threads(job.threads)
-    feed = synthetic_feed(job.path, shapes=job.shapes)
+    feed = synthetic_feed(job.path, shapes=job.shapes, values=job.values)
     meter, unmeasured, rate = job.power if job.power is not None else (None, None, None)
     pinning = plan(job.affinity)
     timed = time_interleaved({"model": job.path}, feed, threads, job.settings, meter=meter, affinity=pinning)

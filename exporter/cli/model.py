@@ -15,10 +15,11 @@ import click
 from exporter.cli.common import JSON_OPT, JUNIT_OPT, command, emit, emit_judged, get_profile, profile_payload
 from exporter.isolate import run_on_model
 from exporter.sandbox_jobs import bench_job, diagnose_job, inspect_job, quantize_job
-from exporter.shapes import SHAPE_FLAG, SHAPE_HELP, parse_shape_options
+from exporter.shapes import SHAPE_FLAG, SHAPE_HELP, VALUE_FLAG, VALUE_HELP, parse_shape_options, parse_value_options
 from exporter.shapes import describe as describe_shapes
 
 SHAPE_OPT = click.option(SHAPE_FLAG, "shape_options", multiple=True, metavar="NAME=DIMS", help=SHAPE_HELP)
+VALUE_OPT = click.option(VALUE_FLAG, "value_options", multiple=True, metavar="NAME=NUMBER", help=VALUE_HELP)
 
 
 @click.command()
@@ -28,6 +29,7 @@ SHAPE_OPT = click.option(SHAPE_FLAG, "shape_options", multiple=True, metavar="NA
 @click.option("--seconds", type=click.FloatRange(0), default=1.0, show_default=True, help="Minimum timed seconds.")
 @click.option("--mlperf", is_flag=True, help="MLPerf minimums: at least 1024 queries and 60 s.")
 @SHAPE_OPT
+@VALUE_OPT
 @JUNIT_OPT
 @click.option("--runner", default="local", show_default=True, help="Where to run: local, or ssh://user@host[:port].")
 @click.option("--remote-python", default="python3", show_default=True, help="The board's Python (ssh runner).")
@@ -53,6 +55,7 @@ def bench(
     seconds: float,
     mlperf: bool,
     shape_options: tuple[str, ...],
+    value_options: tuple[str, ...],
     junit: Path | None,
     runner: str,
     remote_python: str,
@@ -73,6 +76,7 @@ def bench(
     from exporter.recipe import BenchSection, run_cap
 
     shapes = parse_shape_options(shape_options)
+    values = parse_value_options(value_options)
     prof = get_profile(ctx, profile_id)
     cap = max(10.0, run_cap(runs, seconds))
     settings = BenchSection(min_runs=runs, min_seconds=seconds, max_seconds=cap, mlperf=mlperf).effective()
@@ -85,6 +89,7 @@ def bench(
                 "settings": settings.model_dump(),
                 "power_sensor": power_sensor,
                 "shapes": shapes,
+                "values": values,
             },
             extra_seconds=2 * settings.max_seconds,
         )
@@ -92,7 +97,7 @@ def bench(
         from exporter.bench_file import bench_file
 
         options = RunnerOptions(remote_python, ssh_config, identity, known_hosts, accept_new_host_key)
-        result = bench_file(model, prof, settings, runner, options, power_sensor, shapes)
+        result = bench_file(model, prof, settings, runner, options, power_sensor, shapes, values)
     if junit is not None:
         from exporter.junit import write_junit
 

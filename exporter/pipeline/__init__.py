@@ -90,7 +90,8 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         paths[name] = folder / f"{name}.onnx"
         step = "stamp"
         try:
-            stamp(src, paths[name], ctx.loaded.sha256, r.seed, profile.id, target, name, produced_by)
+            shapes = {i.name: list(i.shape) for i in ctx.inputs}
+            stamp(src, paths[name], ctx.loaded.sha256, r.seed, profile.id, target, name, produced_by, shapes)
             step = "weights check"
             # NaN/Inf weights or zero scales fail here: a precision's own post-condition, else the generic one
             ensures = REGISTRY[name].ensures if name in REGISTRY else guard_produced
