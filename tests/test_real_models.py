@@ -277,6 +277,8 @@ def test_ocr_cls_example_builds_for_the_board(tmp_path):
     if shipped != "baseline":
         assert _speed_ratio(profile, shipped) >= 1 / 1.1, "an INT8 slower than FP32 (beyond the 10% tie) shipped"
     assert profile["inputs"] == [{"dtype": "float32", "name": "x", "shape": [1, 3, 48, 192]}], profile["inputs"]
+    runtime = json.loads((out / "raspberry-pi-5-cpu" / "runtime.json").read_text())
+    assert runtime["input_shapes"] == {"x": [1, 3, 48, 192]}, runtime  # the app is told what was measured
 
 
 @pytest.mark.slow

@@ -139,7 +139,11 @@ def recipe_inputs(loaded: LoadedRecipe) -> list[Input]:
         if m.checkpoint:
             found.append(_file("model.checkpoint", loaded.resolve(m.checkpoint), loaded.path, "model.checkpoint"))
     elif m.source == "onnx":
-        found += _onnx_files(loaded.resolve(m.path), loaded)
+        from exporter.sources import onnx_file  # the file the build itself will load
+
+        if m.file_from:
+            found.append(_callable_file(m.file_from, loaded, "model.file_from"))
+        found += _onnx_files(onnx_file(m, loaded), loaded)
     else:
         from exporter.hf.source import resolve_folder  # the folder the build itself will load
 
