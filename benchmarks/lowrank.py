@@ -25,14 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compression_common import (  # noqa: E402
-    host_line,
-    interleaved_p50,
-    label_axes,
-    onnx_metric,
-    run_scenarios,
-    save_figure,
-)
+import benchmarks.compression_common as common  # noqa: E402
 from exporter.compress import compress  # noqa: E402
 from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.pipeline import prepare  # noqa: E402
@@ -55,15 +48,15 @@ def run(name: str, work: Path) -> dict:
     comp = compress(ctx, 8)
     sctx = _student_ctx(ctx, comp, cache)
     student, _ = _export_for(sctx, target, work, cache, tag=name)
-    p50 = interleaved_p50({"teacher": teacher, "student": student}, ctx)
+    p50 = common.interleaved_p50({"teacher": teacher, "student": student}, ctx)
     rec = comp.record
     first, last = rec["steps"][0], rec["steps"][-1]
     return {
         "recipe": f"examples/{recipe}",
         "teacher": rec["teacher"],
         "student": rec["student"],
-        "teacher_metric": onnx_metric(ctx, teacher),
-        "metric": onnx_metric(ctx, student),
+        "teacher_metric": common.onnx_metric(ctx, teacher),
+        "metric": common.onnx_metric(ctx, student),
         "before_distill": rec["steps"][-2]["after"]["metric"],
         "teacher_p50_ms": p50["teacher"],
         "p50_ms": p50["student"],
@@ -85,7 +78,7 @@ def plot(results: dict, path: Path) -> None:
         ax.scatter([1.0], [d["teacher_metric"] * 100], marker="o", label="original (teacher)")
         ax.scatter([d["speedup"]], [d["metric"] * 100], marker="s", label="low-rank + distilled")
         ax.scatter([d["speedup"]], [d["before_distill"] * 100], marker="v", label="low-rank, before distillation")
-        label_axes(ax, "FP32 speed-up vs original (1 thread)", "top-1 % (held-out)", "digits CNN: low-rank")
+        common.label_axes(ax, "FP32 speed-up vs original (1 thread)", "top-1 % (held-out)", "digits CNN: low-rank")
     ax = axes[1]
     ax.scatter([1.0], [1.0], marker="o", label="all-MiniLM-L6-v2 (teacher)")
     for key, label in (("minilm-lowrank", "low-rank"), ("minilm-student", "3-layer student")):
@@ -95,13 +88,13 @@ def plot(results: dict, path: Path) -> None:
             ax.scatter([m["speedup"]], [m["before_distill"]], marker="v", label=f"{label}, before distillation")
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
     ax.axhline(0.90, color="grey", ls=":", lw=0.8)
-    label_axes(
+    common.label_axes(
         ax,
         "FP32 speed-up vs teacher (1 thread)",
         "mean cosine vs teacher",
         "all-MiniLM-L6-v2: low-rank and shallower student",
     )
-    save_figure(fig, path)
+    common.save_figure(fig, path)
 
 
 def write(results: dict, out: Path) -> None:
@@ -114,7 +107,7 @@ def write(results: dict, out: Path) -> None:
         "alone (`--only NAME`) keeps the others' last figures, so absolute times of different rows may come from "
         "different runs and loads; each row's speed-up is teacher and student side by side.",
         "",
-        host_line(),
+        common.host_line(),
         "",
         "![lowrank](lowrank_curve.png)",
         "",
@@ -154,7 +147,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="reuse students trained into this cache folder (default: train afresh)")
     args = ap.parse_args()
     scenarios = {name: (lambda work, name=name: run(name, work)) for name in SCENARIOS}
-    run_scenarios(scenarios, args.only, args.out, args.cache, plot, "lowrank_curve.png", write)
+    common.run_scenarios(scenarios, args.only, args.out, args.cache, plot, "lowrank_curve.png", write)
 
 
 if __name__ == "__main__":

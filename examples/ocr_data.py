@@ -171,10 +171,8 @@ def rec_evaluation() -> dict[str, np.ndarray]:
 
 
 def cls_calibration() -> dict[str, np.ndarray]:
-    x, labels = cls("calibration")
-    return {"x": x, "labels": labels}
+    return dict(zip(("x", "labels"), cls("calibration"), strict=True))
 
 
 def cls_evaluation() -> dict[str, np.ndarray]:
-    x, labels = cls("evaluation")
-    return {"x": x, "labels": labels}
+    return dict(zip(("x", "labels"), cls("evaluation"), strict=True))

@@ -123,21 +123,9 @@ class Canary:
 
 def tiny_onnx_bytes() -> bytes:
     """A real, checker-clean ONNX model (MatMul with a 16x16 weight), a few KB."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from tiny_models import matmul_onnx
 
-    weight = numpy_helper.from_array(np.ones((16, 16), np.float32), name="weight")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "weight"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return matmul_onnx(16).SerializeToString()
 
 
 def onnx_with_external_data(location: str) -> bytes:

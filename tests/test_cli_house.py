@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from exporter import isolate
 from exporter.sandbox_jobs import inspect_job
@@ -47,17 +45,9 @@ def _child(job: str, payload: dict | None = None) -> subprocess.CompletedProcess
 
 
 def _tiny(path: Path) -> Path:
-    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    from tiny_models import matmul_onnx
+
+    onnx.save(matmul_onnx(4), str(path))
     return path
 
 

@@ -9,7 +9,6 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, run_cli
@@ -180,19 +179,9 @@ def test_profile_power_sensor_is_checked(tmp_path):
 
 def _tiny_onnx(path: Path) -> Path:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from tiny_models import matmul_onnx
 
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
+    onnx.save(matmul_onnx(128, relu=True, opset=18, seed=0), str(path))
     return path
 
 

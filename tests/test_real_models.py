@@ -170,15 +170,20 @@ def test_inspect_counts_constant_weights_and_macs_at_the_given_shape(model):
 # ------------------------------------------------------------------- edgex quantize on the real files
 
 
+def _quantize_real(tmp_path: Path, model: str, profile: str, samples: int):
+    """`edgex quantize` of a real wheel file, calibrated on the example's own rendered text."""
+    x, _ = getattr(_examples_module("ocr_data"), model)("calibration", samples)
+    out = tmp_path / f"{model}-{profile}.onnx"
+    result = run_cli(
+        "quantize", str(ocr(model)), "--profile", profile, "--shape", OCR_SHAPES[model],
+        "--calibration", str(_npz(tmp_path, "cal", x)), "--samples", str(samples), "--out", str(out),
+    )  # fmt: skip
+    return result, out
+
+
 def test_quantize_mobile_cls_names_no_pydantic_error(tmp_path):
     """The mobile cls model: "ValidationError: 1 validation error for InputSpec" (exit 3, field unnamed)."""
-    data = _examples_module("ocr_data")
-    x, _ = data.cls("calibration", 16)
-    out = tmp_path / "cls-int8.onnx"
-    result = run_cli(
-        "quantize", str(ocr("cls")), "--profile", "raspberry-pi-5-cpu", "--shape", OCR_SHAPES["cls"],
-        "--calibration", str(_npz(tmp_path, "cal", x)), "--samples", "16", "--out", str(out),
-    )  # fmt: skip
+    result, out = _quantize_real(tmp_path, "cls", "raspberry-pi-5-cpu", 16)
     assert result.returncode in (0, 1), result.stderr
     assert "ValidationError" not in result.stderr and out.is_file()
 
@@ -204,13 +209,7 @@ def test_quantize_failure_in_edgex_file_is_internal_and_whole(tmp_path):
 @pytest.mark.slow
 def test_quantize_rec_for_qnn_does_not_fail_inside_the_quantizer(tmp_path):
     """rec on QNN: "internal error: Only an existing tensor can be modified, 'softmax_9.tmp_0_intermediate' is not"."""
-    data = _examples_module("ocr_data")
-    x, _ = data.rec("calibration", 8)
-    out = tmp_path / "rec-qnn.onnx"
-    result = run_cli(
-        "quantize", str(ocr("rec")), "--profile", "snapdragon-8-gen3-qnn", "--shape", OCR_SHAPES["rec"],
-        "--calibration", str(_npz(tmp_path, "cal", x)), "--samples", "8", "--out", str(out),
-    )  # fmt: skip
+    result, out = _quantize_real(tmp_path, "rec", "snapdragon-8-gen3-qnn", 8)
     assert result.returncode in (0, 1), result.stderr
     assert "existing tensor" not in result.stderr and out.is_file()
 

@@ -64,3 +64,29 @@ class TinyStudent(nn.Module):
 def build_tiny_student() -> TinyStudent:
     torch.manual_seed(1)
     return TinyStudent()
+
+
+def matmul_onnx(size: int = 16, relu: bool = False, opset: int = 17, seed: int | None = None):
+    """A real, checker-clean ONNX model: x [1, size] @ weight [size, size] (then Relu), a few KB.
+    seed=None gives an all-ones weight; a seed gives a seeded normal one."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = np.ones((size, size), np.float32)
+    if seed is not None:
+        values = np.random.default_rng(seed).standard_normal((size, size)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "weight"], ["h" if relu else "y"])]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["h"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, size])],
+        [numpy_helper.from_array(values, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset <= 17 else 9
+    onnx.checker.check_model(model)
+    return model

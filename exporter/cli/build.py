@@ -93,7 +93,13 @@ def build(
     With --plan P --cell ID: one cell of a release matrix, from the cache when its key is there.
     """
     if plan_path is not None or cell_id is not None:
-        return _build_cell(recipe, profiles, out, junit, plan_path, cell_id, as_json)
+        if recipe is not None or profiles:
+            raise UsageError(
+                "a cell names its recipe and profile",
+                field="RECIPE/--profile",
+                fix="drop RECIPE and --profile with --plan",
+            )
+        return _build_cell(plan_path, cell_id, out, junit, as_json)
     if recipe is None:
         raise UsageError(
             "Missing argument 'RECIPE'",
@@ -133,23 +139,13 @@ def validate(ctx: click.Context, recipe: Path, trust_code: bool, as_json: bool) 
 
 
 def _build_cell(
-    recipe: Path | None,
-    profiles: tuple[str, ...],
-    out: Path | None,
-    junit: Path | None,
-    plan_path: Path | None,
-    cell_id: str | None,
-    as_json: bool,
+    plan_path: Path | None, cell_id: str | None, out: Path | None, junit: Path | None, as_json: bool
 ) -> int:
     from exporter.matrix.cell import build_cell
 
     if plan_path is None or cell_id is None:
         raise UsageError(
             "--plan and --cell go together", field="--plan/--cell", fix="give both, e.g. --plan plan.json --cell ID"
-        )
-    if recipe is not None or profiles:
-        raise UsageError(
-            "a cell names its recipe and profile", field="RECIPE/--profile", fix="drop RECIPE and --profile with --plan"
         )
     result = build_cell(plan_path, cell_id, out)
     return _emit_build(

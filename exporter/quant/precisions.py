@@ -251,11 +251,15 @@ register(
 # -- dynamic INT8 (CPU runtimes, beside static) ----------------------------------------------
 
 
+def _converted(out: Path, precision: str, record_key: str, info: dict) -> Produced:
+    """A one-call conversion's result: its facts in produced_by and under its own key."""
+    return Produced(out, {"step": "quantize", "precision": precision, **info}, {record_key: info})
+
+
 def _dynamic_run(req: Request, run: RunInputs, out: Path) -> Produced:
     from exporter.quant.dynamic import quantize_dynamic_int8
 
-    info = quantize_dynamic_int8(req.source, out)
-    return Produced(out, {"step": "quantize", "precision": "int8", **info}, {"dynamic": info})
+    return _converted(out, "int8", "dynamic", quantize_dynamic_int8(req.source, out))
 
 
 register(
@@ -320,8 +324,7 @@ register(
 def _fp16_run(req: Request, run: RunInputs, out: Path) -> Produced:
     from exporter.quant.fp16 import convert_fp16
 
-    info = convert_fp16(req.source, out)
-    return Produced(out, {"step": "quantize", "precision": "fp16", **info}, {"fp16": info})
+    return _converted(out, "fp16", "fp16", convert_fp16(req.source, out))
 
 
 register(
