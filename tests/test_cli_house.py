@@ -98,7 +98,7 @@ def test_the_parent_refuses_an_unmarked_job_before_any_child_starts(tmp_path):
 
 def test_a_marked_job_runs_in_the_child_and_answers_in_json(tmp_path):
     info = isolate.run_on_model(inspect_job, _tiny(tmp_path / "tiny.onnx"), {})
-    assert info["parameters"] == 8 and info["op_histogram"] == {"MatMul": 1}
+    assert info["parameters"] == 16 and info["op_histogram"] == {"MatMul": 1}  # a 4x4 weight
 
 
 def test_the_guard_imports_no_job():
