@@ -218,6 +218,11 @@ class Variant(Record):
     preflight: Open
     weights_check: WeightsCheck
     package: VariantPackage
+    npu: Open | None = Field(
+        default=None,
+        description="QNN variants: the metric on onnxruntime-qnn's emulated HTP (a seeded subset) vs FP32 and vs "
+        "the Q/DQ simulation, or why it did not run (`available: false`).",
+    )
 
 
 class Failure(Record):
@@ -255,6 +260,11 @@ class Profile(Record):
     verdicts: list[Verdict]
     not_evaluated: list[str]
     ok: bool
+    context_binary: Open | None = Field(
+        default=None,
+        description="QNN profiles: the shipped variant compiled to an EPContext model for the profile's SoC, "
+        "loaded back with CPU fallback disabled, with the QNN/QAIRT and onnxruntime versions it needs.",
+    )
     failed_variants: list[FailedVariant] = Field(
         default_factory=list,
         description="Variants that failed (written only when there are any; the profile's `ok` is then false).",

@@ -308,13 +308,14 @@ def preflight_and_package(
     inputs: dict[str, np.ndarray],
     threads: int,
     feeding: Feeding | None = None,
+    soc: dict[str, int | None] | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Operator coverage of every variant, and its device package (.ort where the target wants it)."""
     from exporter.preflight import preflight
 
     checks, packages = {}, {}
     for name, path in paths.items():
-        checks[name] = preflight(path, target)
+        checks[name] = preflight(path, target, soc)
         pf = checks[name]
         if pf["cpu_fallback_nodes"]:
             ops = ", ".join(f"{op}x{n}" for op, n in pf["unsupported_ops"].items())
@@ -349,11 +350,15 @@ def ship(
     notes: dict,
     shapes: dict[str, list[int]],
     feeding: Feeding | None = None,
+    context_binary: dict | None = None,
 ) -> dict:
-    """runtime.json and the reference bundle for the variant that ships."""
+    """runtime.json and the reference bundle for the variant that ships (context_binary: the QNN
+    EPContext model compiled for the profile's SoC, which the app loads instead where it can)."""
     check = reference_bundle(folder, folder / model_file, inputs, threads, feeding)
     session = make_session(folder / model_file, threads)
     runtime = runtime_json(profile, target, model_file, session, notes, files, check, shapes, feeding)
+    if context_binary is not None:
+        runtime["context_binary"] = context_binary
     (folder / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return runtime
 

@@ -1,6 +1,8 @@
 """Preflight: before benchmarking, which nodes the target's execution provider can take.
 
-Uses onnxruntime's own partition checker (the one behind check_onnx_model_mobile_usability)
+For QNN targets with the `edgex[qnn]` extra installed, the answer is the provider's own: the QNN EP
+(HTP backend, emulated on x86) is asked to partition the graph, and what it leaves to the CPU is
+listed by name. Otherwise, and for the other accelerators, it uses onnxruntime's own partition checker (the one behind check_onnx_model_mobile_usability)
 with an operator table per target: onnxruntime's shipped tables for NNAPI and CoreML, and
 declared tables with their sources under targets/ops/ for QNN, TensorRT and XNNPACK. The
 result is an estimate from operator types and shapes, not a device run: it catches the
@@ -40,8 +42,36 @@ def _table(target: Target) -> Path | None:
     return shipped_dir("targets") / spec
 
 
-def preflight(path: Path, target: Target) -> dict:
-    """Partition estimate of one model file for one target."""
+def preflight(path: Path, target: Target, soc: dict[str, int | None] | None = None) -> dict:
+    """Node assignment of one model file for one target: the provider's own where it runs here
+    (QNN with edgex[qnn]; soc: the profile's soc_model / htp_arch), else the operator-table estimate."""
+    fallback_note = None
+    if target.execution_provider == "QNNExecutionProvider":
+        from exporter.qnn_htp import node_assignment, unavailable_reason
+
+        fallback_note = unavailable_reason()
+        if fallback_note is None:
+            return _with_costs(path, node_assignment(path, **(soc or {})))
+    found = _table_preflight(path, target)
+    if fallback_note is not None:
+        found["checker"] += f" (an estimate from an operator table: {fallback_note})"
+    return found
+
+
+def _with_costs(path: Path, found: dict) -> dict:
+    """The provider's assignment plus what the table path also reports: MAC share on the CPU, advice."""
+    macs = macs_per_node(onnx.load(str(path)))
+    all_macs = sum(macs.values())
+    on_cpu = set(found.get("on_cpu", []))
+    cpu_macs = sum(v for k, v in macs.items() if k in on_cpu)
+    return {
+        **found,
+        "cpu_fallback_macs_share": round(cpu_macs / all_macs, 6) if all_macs else 0.0,
+        "advice": {op: ADVICE.get(op, GENERIC) for op in sorted(found["unsupported_ops"])},
+    }
+
+
+def _table_preflight(path: Path, target: Target) -> dict:
     model = onnx.load(str(path))
     total = len(model.graph.node)
     macs = macs_per_node(model)

@@ -26,6 +26,7 @@ DeviceClass = Literal[
     "automotive-adas",
     "embedded",
     "robot",
+    "build-host",  # an x86 CI box or server that runs the model itself: judged on the host's own timings
 ]
 
 

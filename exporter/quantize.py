@@ -30,7 +30,7 @@ from exporter.errors import UsageError, clip, injected_fault, internal_step
 from exporter.onnx_io import save_model
 from exporter.quant.calibration import FeedReader, bounded_samples
 from exporter.quant.qdq_graph import float_compute_nodes, keep_float
-from exporter.quant.search import Evaluate, search
+from exporter.quant.search import ALL_ACTIVATIONS, Evaluate, search
 from exporter.quant.speed import LADDER, TOLERANCE, time_ratio
 from exporter.recipe import QuantizeSection
 from exporter.targets import QuantPreset
@@ -345,6 +345,10 @@ def _quantize_once(
 ) -> None:
     # onnxruntime.quantization logs every tensor it leaves in float; the same facts are counted
     # afterwards and reported per variant as `kept_in_float`.
+    activation_type = _QUANT_TYPES[preset.activation_type]
+    if ALL_ACTIVATIONS in overrides:  # A16W8: every activation at the override's type, weights as the preset
+        activation_type = _QUANT_TYPES[overrides[ALL_ACTIVATIONS]]
+        overrides = {k: v for k, v in overrides.items() if k != ALL_ACTIVATIONS}
     with log.quiet_libraries():
         quantize_static(
             str(prepped),
@@ -353,7 +357,7 @@ def _quantize_once(
             quant_format=QuantFormat.QDQ if preset.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=op_types or preset.op_types,
             per_channel=preset.per_channel,
-            activation_type=_QUANT_TYPES[preset.activation_type],
+            activation_type=activation_type,
             weight_type=_QUANT_TYPES[preset.weight_type],
             nodes_to_exclude=exclude or None,
             calibrate_method=_METHODS[method],

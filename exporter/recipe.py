@@ -121,6 +121,21 @@ class Int4Settings(Strict):
         return self
 
 
+class NpuSettings(Strict):
+    """QNN variants judged as the NPU computes them: on onnxruntime-qnn's HTP backend, which runs the
+    Hexagon NPU in emulation on x86 (~100 M MAC/s here, so large models are judged on a subset)."""
+
+    samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Evaluation samples (seeded subset) run on the emulated HTP; null: as many as about a "
+        "minute of emulation allows (at least 16).",
+    )
+    context_binary: bool = Field(
+        default=True, description="Compile the shipped QNN variant to an EPContext model for the profile's SoC."
+    )
+
+
 class QuantizeSection(Strict):
     enabled: bool = True
     precision: Precision | list[Precision] = Field(
@@ -139,6 +154,7 @@ class QuantizeSection(Strict):
         default=True, description="On CPU targets, re-quantize fewer op types when INT8 is >5% slower than FP32."
     )
     int4: Int4Settings = Field(default_factory=Int4Settings)
+    npu: NpuSettings = Field(default_factory=NpuSettings)
 
     @property
     def precisions(self) -> list[str]:

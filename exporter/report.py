@@ -96,8 +96,9 @@ def write_report(
             "",
             f"Formula: {FORMULA}.",
             "",
-            "| variant | est. latency ms | est. energy mJ | est. avg power W | host efficiency | p-interval (95%) |",
-            "|---|---|---|---|---|---|",
+            "| variant | est. latency ms | error band | est. energy mJ | est. avg power W | latency model | "
+            "host p-interval (95%) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for v in prof["variants"]:
             est, lat = v.get("device_estimate") or {}, v["latency_ms"]
@@ -105,11 +106,11 @@ def write_report(
             if est.get("available"):
                 power = f"{est['average_power_w']:.3g}" if "average_power_w" in est else "—"
                 lines.append(
-                    f"| {v['name']} | {est['device_latency_ms']:.3g} | {est['energy_mj']:.3g} | {power} | "
-                    f"{est['efficiency']:.2f} | {interval} |"
+                    f"| {v['name']} | {est['device_latency_ms']:.3g} | {_band_text(est)} | {est['energy_mj']:.3g} | "
+                    f"{power} | {_model_text(est)} | {interval} |"
                 )
             else:
-                lines.append(f"| {v['name']} | — | — | — | {est.get('reason', 'not available')} | {interval} |")
+                lines.append(f"| {v['name']} | — | — | — | — | {est.get('reason', 'not available')} | {interval} |")
         lines += _power_lines(prof)
         lines += _quantization_lines(prof)
         lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
@@ -268,6 +269,9 @@ def _quantization_lines(prof: dict) -> list[str]:
         ]
         lines += [f"| {s['step']} | {s['kept']} | {s['drop']:.4f} | {_fmt(s['ok'])} |" for s in search["steps"]]
         for k in search["kept_out_of_int8"]:
+            if k["tensor"] == "*":
+                lines.append("- every activation 16-bit, weights 8-bit (A16W8): no per-tensor step met the budget")
+                continue
             why = (
                 "matrix-product output, integer product kept" if k.get("cost") == "low" else "makes its consumer float"
             )
@@ -358,3 +362,22 @@ def _compression_lines(metric: str, compression: dict) -> list[str]:
                 )
         lines.append("")
     return lines
+
+
+def _band_text(est: dict) -> str:
+    band = est.get("latency_interval_ms")
+    return f"[{band[0]:.3g}, {band[1]:.3g}] ms" if band else "none (unvalidated)"
+
+
+def _model_text(est: dict) -> str:
+    """Which latency model made the estimate and how far it was validated."""
+    band = est.get("error_band")
+    if band:
+        domain = "" if band.get("in_domain", True) else "; outside the fitted models' domain"
+        return (
+            f"fitted on {band['n_models']} published models, LOO median error "
+            f"{band['loo_median_rel_error']:.0%}, worst {band['loo_max_ratio']:.2f}x{domain}"
+        )
+    if est.get("efficiency") is not None:
+        return f"roofline / host efficiency {est['efficiency']:.2f}"
+    return "measured on the device"

@@ -13,6 +13,7 @@ def tool_versions() -> dict[str, str]:
         "torch",
         "onnx",
         "onnxruntime",
+        "onnxruntime-qnn",  # QNN's HTP backend (edgex[qnn]): its QAIRT version is in each QNN profile's record
         "onnxscript",
         "numpy",
         "scikit-learn",

@@ -271,4 +271,4 @@ def test_build_records_measured_power_per_variant_in_manifest_and_report(tmp_pat
         assert power_verdict["value"] == m["average_power_w"] and "measured by hwmon" in power_verdict["basis"]
     report = (tmp_path / "proj" / "out" / "report.md").read_text()
     assert "Measured power (hwmon" in report and "judged on these, not on the estimate" in report
-    assert "Formula: latency = max(MACs / compute_gmacs" in report
+    assert "Formula: latency = the fitted device model where the profile has one" in report

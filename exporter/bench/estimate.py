@@ -9,7 +9,11 @@ Model (every constant comes from the profile's `estimates:` section, each with i
              same model against the host's measured ceilings (MatMul GMAC/s, copy bandwidth), so
              overheads the roofline ignores (small kernels, Q/DQ, dispatch) carry over to the device.
   latency    t(device) = t_roofline(device) / e; on a board (`edgex bench --runner ssh://...`) the
-             latency measured there replaces it.
+             latency measured there replaces it. Unvalidated: `error_band` is None.
+  fitted     where device_profiles/fits/<profile>.yaml has a fit for the precision (Qualcomm NPUs, from
+             published latencies; exporter/bench/device_fit.py), t(device) = the fitted model of the
+             graph's work instead, with its leave-one-model-out error band: the build host's speed
+             (and load) no longer moves the device estimate.
   energy     E = MACs x pj_per_mac[precision] + bytes x pj_per_dram_byte + static_power_w x t(device).
   power      P(rate) = static_power_w + (E - static part) x rate: the unit idles at static power between
              queries; a rate the device latency cannot sustain is reported as such.
@@ -24,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporter.estimate_text import FORMULA, METHOD, METHOD_ON_DEVICE
+from exporter.bench.device_fit import graph_features, in_domain, load_fit, predict_ms
+from exporter.estimate_text import FORMULA, METHOD, METHOD_FITTED, METHOD_ON_DEVICE
 from exporter.graph_stats import count_macs
 from exporter.onnx_io import BITS_PER_ELEMENT
 from exporter.shapes import fixed_copy
@@ -109,12 +114,15 @@ def estimate(
     rate_hz: float | None,
     device_latency_ms: float | None = None,
     shapes: dict[str, list[int]] | None = None,
+    profile_id: str | None = None,
 ) -> dict:
     """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done.
 
     device_latency_ms: the latency measured on the device itself (remote runner); it replaces the
     roofline-over-host-efficiency latency, and the energy model uses it for the static part.
-    shapes: the input shapes the variant runs at (needed where the file keeps dynamic dimensions)."""
+    shapes: the input shapes the variant runs at (needed where the file keeps dynamic dimensions).
+    profile_id: the device profile; with a shipped fit for it at this precision the fitted model
+    gives the latency (host_latency_ms and threads are then unused)."""
     if estimates is None:
         return {"available": False, "reason": "the profile has no `estimates:` constants"}
     if precision not in estimates.compute_gmacs or precision not in estimates.pj_per_mac:
@@ -126,10 +134,24 @@ def estimate(
     dev_compute = estimates.compute_gmacs[precision].value
     dev_bw = estimates.dram_gbps.value
     dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3
+    fitted = load_fit(profile_id, precision) if device_latency_ms is None else None
+    band, method, fit_facts = None, METHOD if device_latency_ms is None else METHOD_ON_DEVICE, None
+    host, host_roofline_ms, efficiency = {}, None, None
     if device_latency_ms is not None:
-        host, host_roofline_ms = {}, None
         latency_ms = device_latency_ms
         efficiency = min(1.0, dev_roofline_ms / latency_ms) if latency_ms > 0 else 1.0
+    elif fitted is not None:
+        try:
+            work = graph_features(model, shapes)
+        except ValueError as exc:  # a size the fit needs is unknown: say so, do not guess
+            return {"available": False, "reason": f"fitted device model: {exc}"}
+        latency_ms = predict_ms(work, fitted)
+        method = METHOD_FITTED
+        band = _band(fitted, in_domain(work, fitted))
+        fit_facts = {
+            "features": {k: work[k] for k in fitted["features"]},
+            "seconds_per_unit": fitted["seconds_per_unit"],
+        }
     else:
         host = host_ceilings(threads)
         host_roofline_ms = max(macs / (host[precision] * 1e9), moved / (host["dram_gbps"] * 1e9)) * 1e3
@@ -140,13 +162,14 @@ def estimate(
     energy_mj = dynamic_mj + static_w * latency_ms  # W x ms = mJ
     out = {
         "available": True,
-        "method": METHOD if device_latency_ms is None else METHOD_ON_DEVICE,
+        "method": method,
+        "error_band": band,
         "formula": FORMULA,
         "macs": macs,
         "bytes_moved": moved,
         "host_ceilings": {k: round(v, 2) for k, v in host.items()},
         "host_roofline_ms": round(host_roofline_ms, 6) if host_roofline_ms is not None else None,
-        "efficiency": round(efficiency, 6),
+        "efficiency": round(efficiency, 6) if efficiency is not None else None,
         "device_roofline_ms": round(dev_roofline_ms, 6),
         "device_latency_ms": round(latency_ms, 6),
         "energy_mj": round(energy_mj, 6),
@@ -159,8 +182,27 @@ def estimate(
             "static_power_w": static_w,
         },
     }
+    if band is not None:
+        out["latency_interval_ms"] = [
+            round(latency_ms / (1 + band["band_rel"]), 6),
+            round(latency_ms * (1 + band["band_rel"]), 6),
+        ]
+        out["fitted_model"] = fit_facts
     if rate_hz:
         out["rate_hz"] = rate_hz
         out["sustains_rate"] = latency_ms * rate_hz <= 1000.0
         out["average_power_w"] = round(static_w + dynamic_mj * 1e-3 * rate_hz, 6)
     return out
+
+
+def _band(fitted: dict, inside: bool) -> dict:
+    """The fit's leave-one-model-out figures, as every estimate made from it carries them."""
+    return {
+        "loo_median_rel_error": fitted["loo_median_rel_error"],
+        "loo_max_ratio": fitted["loo_max_ratio"],
+        "band_rel": fitted["band_rel"],
+        "n_models": fitted["n_models"],
+        "devices_source": f"Qualcomm AI Hub published latencies, {fitted.get('device')} ({fitted.get('published_precision')})",
+        "fit_file": fitted["fit_file"],
+        "in_domain": inside,  # False: the graph's MatMul/attention share is beyond every fitted model's
+    }

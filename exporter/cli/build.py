@@ -21,6 +21,23 @@ def _emit_build(result: dict, manifest: dict, junit: Path | None, as_json: bool,
     return emit_judged(result, as_json, text)
 
 
+def _latency_text(verdict: dict, pct: str, deliv: dict, prof: dict) -> str:
+    """The judged latency with its basis in a few words; the host timing beside it when it is not the basis."""
+    host_t = f"host {pct} {deliv['latency_ms'][pct]:.2f} ms, {prof['threads']['host']}t"
+    basis = verdict["basis"]
+    if verdict["value"] is None:
+        return f"{pct} not judged (no device evidence; {host_t}; budget {verdict['limit']:g})"
+    if basis.startswith("device estimate"):
+        band = ""
+        if verdict.get("interval"):
+            lo, hi = verdict["interval"]
+            band = f" [{lo:.3g}, {hi:.3g}]"
+        return f"device est. {verdict['value']:.3g} ms{band} (budget {verdict['limit']:g} at {pct}; {host_t})"
+    if basis.startswith("device measurement"):
+        return f"{pct} {verdict['value']:.2f} ms (on the device; budget {verdict['limit']:g})"
+    return f"{pct} {verdict['value']:.2f} ms (host, {prof['threads']['host']}t; budget {verdict['limit']:g})"
+
+
 def _summary(manifest: dict) -> str:
     lines = []
     for prof in manifest["profiles"]:
@@ -36,8 +53,8 @@ def _summary(manifest: dict) -> str:
         ) or ("within budget" if prof["ok"] else "NOT OK")
         speed = base["latency_ms"]["p50"] / deliv["latency_ms"]["p50"] if deliv["latency_ms"]["p50"] else 0
         lines.append(
-            f"{prof['id']:<28} {prof['deliverable']:<8} {pct} {lat['value']:.2f} ms (host, {prof['threads']['host']}t; "
-            f"budget {lat['limit']:g}), {deliv['artifact']['bytes'] / 1e6:.2f} MB "
+            f"{prof['id']:<28} {prof['deliverable']:<8} {_latency_text(lat, pct, deliv, prof)}, "
+            f"{deliv['artifact']['bytes'] / 1e6:.2f} MB "
             f"({deliv['artifact']['bytes'] / base['artifact']['bytes']:.0%} of FP32), {speed:.2f}x vs FP32, "
             f"{deliv['metric']['name']} {deliv['metric']['value']:.4f} (FP32 {base['metric']['value']:.4f}) — {status}"
         )

@@ -199,7 +199,10 @@ def quantize(
         ]
         search = r.get("search") or {}
         for k in search.get("kept_out_of_int8", []):
-            lines.append(f"  kept as {k['kept_as']}: {k['tensor']} (SQNR {k['sqnr_db']} dB)")
+            if k["tensor"] == "*":
+                lines.append("  every activation 16-bit, weights 8-bit (A16W8)")
+            else:
+                lines.append(f"  kept as {k['kept_as']}: {k['tensor']} (SQNR {k['sqnr_db']} dB)")
         guard = r.get("speed_guard") or {}
         if guard:
             lines.append(f"  speed guard: INT8/FP32 time {guard['ratio']} ({guard['verdict']})")

@@ -31,6 +31,7 @@ from exporter.pipeline.deliverable import (
     speed_verdicts,
     variant_record,
 )
+from exporter.pipeline.npu import context_binary, judge_on_npu, soc_of
 from exporter.pipeline.variants import (
     FP32_VARIANTS,
     compressed_for,
@@ -100,7 +101,13 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
                 log.info(f"[{profile.id}] {name}: all-zero output channels {weights[name]['all_zero_channels']}")
             step = "preflight and package"
             check, package = preflight_and_package(
-                profile.id, target, {name: paths[name]}, ctx.evaluation.inputs, threads, ctx.evaluation.feeding
+                profile.id,
+                target,
+                {name: paths[name]},
+                ctx.evaluation.inputs,
+                threads,
+                ctx.evaluation.feeding,
+                soc_of(profile),
             )
             checks[name], packages[name] = check[name], package[name]
             step = "load and run once"
@@ -136,6 +143,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         feeding=ctx.evaluation.feeding,
     )
     variants = []
+    on_npu = target.execution_provider == "QNNExecutionProvider"
     for name, (_src, precision, produced_by, parent) in artifacts.items():
         record = variant_record(
             ctx,
@@ -152,6 +160,9 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
             mode,
         )
         gates = [v.as_dict() for v in judge_preflight(profile.preflight, checks[name])]
+        if on_npu and precision in target.quantization.precisions:
+            record["npu"], npu_verdicts = judge_on_npu(ctx, profile, name, paths[name], meas[name].outputs[0], max_drop)
+            gates += [v.as_dict() for v in npu_verdicts]
         record["verdicts"] += gates
         record["ok"] = record["ok"] and all(v["ok"] is not False for v in gates)
         record["preflight"] = checks[name]
@@ -166,7 +177,22 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     shapes = {i.name: list(i.shape) for i in ctx.inputs}
     model_file = Path(deliverable["package"]["path"]).name
     feeding = ctx.evaluation.feeding
-    runtime = ship(folder, profile, target, model_file, ctx.evaluation.inputs, threads, files, notes, shapes, feeding)
+    binary, binary_entry = (None, None)
+    if on_npu and deliverable["artifact"]["precision"] in target.quantization.precisions:
+        binary, binary_entry = context_binary(ctx, profile, deliverable["name"], paths[deliverable["name"]], folder)
+    runtime = ship(
+        folder,
+        profile,
+        target,
+        model_file,
+        ctx.evaluation.inputs,
+        threads,
+        files,
+        notes,
+        shapes,
+        feeding,
+        context_binary=binary_entry,
+    )
     return {
         "id": profile.id,
         "name": profile.name,
@@ -192,6 +218,7 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         },
         "variants": variants,
         "tokenizer": [f"{profile.id}/{p}" for p in files.get("tokenizer", [])],
+        **({"context_binary": binary} if binary is not None else {}),
         "compression": compressed.record["cache"]["key"][:12] if compressed is not None else None,
         "verdicts": profile_verdicts,
         "not_evaluated": [v["budget"] for v in deliverable["verdicts"] if v["ok"] is None],

@@ -262,20 +262,27 @@ def query_feed(ctx: Context) -> dict[str, np.ndarray]:
     return ctx.evaluation.feed(start, start + batch)
 
 
+def subset_indices(ctx: Context, samples: int | None) -> np.ndarray:
+    """A seeded subset of the evaluation samples (all when samples is None); whole sequences
+    when a state is carried, so every chunk is judged with the state it would have in the app."""
+    feeding = ctx.evaluation.feeding
+    steps = feeding.steps if feeding is not None and feeding.carried else 1
+    n = len(ctx.evaluation) // steps
+    if samples is not None and steps > 1:
+        samples = max(1, samples // steps)
+    idx = (
+        np.arange(n) if samples is None or samples >= n else np.sort(np.random.default_rng(0).choice(n, samples, False))
+    )
+    return (idx[:, None] * steps + np.arange(steps)).reshape(-1)
+
+
 def evaluator(ctx: Context, mode: str, threads: int, samples: int | None = None):
     """path -> accuracy drop on the evaluation set (or a seeded subset of it), computed as the
     target's runtime computes it; the subset's FP32 metric is the baseline of its drops."""
     from exporter.measure import evaluate_outputs
 
     feeding = ctx.evaluation.feeding
-    steps = feeding.steps if feeding is not None and feeding.carried else 1
-    n = len(ctx.evaluation) // steps  # whole sequences when the state is carried
-    if samples is not None and steps > 1:
-        samples = max(1, samples // steps)
-    idx = (
-        np.arange(n) if samples is None or samples >= n else np.sort(np.random.default_rng(0).choice(n, samples, False))
-    )
-    idx = (idx[:, None] * steps + np.arange(steps)).reshape(-1)
+    idx = subset_indices(ctx, samples)
     inputs = {k: v[idx] for k, v in ctx.evaluation.inputs.items()}
     labels = None if ctx.evaluation.labels is None else ctx.evaluation.labels[idx]
     reference = ctx.reference[0][idx]

@@ -4,6 +4,9 @@ until the accuracy budget holds.
 Order of levers, cheapest first: the calibration methods the recipe allows (one calibration each),
 then tensors ranked by how badly their INT8 scale represents their FP32 values (SQNR, one FP32
 pass), kept out of INT8 in doubling steps and bisected back to the fewest that meet the budget.
+On integer-only NPUs (fallback uint16: QNN's HTP) nothing is ever kept float: the tensors are
+raised to 16-bit, and when the most the recipe allows still misses, every activation goes to
+16-bit with 8-bit weights (A16W8) — how transformers keep their accuracy on the HTP.
 Every evaluation is on the recipe's evaluation data and the target's own evaluation mode, and
 every step is returned for the report. When even the last step misses the budget the result says
 so; the build's accuracy verdict then fails (exit 1). Nothing is dropped silently.
@@ -23,6 +26,7 @@ from exporter.quant.qdq_graph import activation_pairs, keep_float, sqnr_ranking
 
 _INTEGER_PRODUCERS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 _COST_DB = 6.0  # an input kept in float must be 6 dB (4x noise power) worse to go before an output
+ALL_ACTIVATIONS = "*"  # an override key: every activation at that type (A16W8 with "uint16")
 # (method, {tensor: "uint16"}) -> path of a freshly quantized model
 Requantize = Callable[[str, dict[str, str]], Path]
 Evaluate = Callable[[Path], float]  # path -> accuracy drop (>= 0 is worse)
@@ -72,6 +76,8 @@ def search(
     method = min(tried, key=lambda m: tried[m][1])
     base_path, base_drop = tried[method]
     if max_kept <= 0:
+        if fallback == "uint16":
+            return _all_activations_16bit(requantize, evaluate, method, budget, steps, label, (base_path, base_drop, 0))
         return SearchResult(base_path, method, base_drop, False, [], steps, base_path)
 
     base = onnx.load(str(base_path))
@@ -134,8 +140,41 @@ def search(
         chosen_k = min(cache, key=lambda n: (cache[n][1], n))
     path, drop = cache[chosen_k]
     kept_as = "uint16" if fallback == "uint16" else "float"
+    if fallback == "uint16" and drop > budget:
+        return _all_activations_16bit(requantize, evaluate, method, budget, steps, label, (path, drop, chosen_k))
     kept = [
         {"tensor": t, "sqnr_db": round(sqnr[t], 2), "kept_as": kept_as, "cost": "low" if t in cheap else "high"}
         for t in candidates[:chosen_k]
     ]
     return SearchResult(path, method, drop, drop <= budget, kept, steps, base_path)
+
+
+def _all_activations_16bit(
+    requantize: Requantize,
+    evaluate: Evaluate,
+    method: str,
+    budget: float,
+    steps: list[dict],
+    label: str,
+    best: tuple[Path, float, int],
+) -> SearchResult:
+    """The last lever of an integer-only NPU: every activation 16-bit, weights 8-bit (A16W8).
+
+    Kept only when it does better than the best per-tensor step; the record says which won."""
+    path = requantize(method, {ALL_ACTIVATIONS: "uint16"})
+    drop = evaluate(path)
+    steps.append(
+        {
+            "step": "every activation 16-bit, weights 8-bit (A16W8)",
+            "kept": "all",
+            "drop": round(drop, 6),
+            "ok": drop <= budget,
+            "file": path.name,
+        }
+    )
+    log.info(f"[{label}] A16W8 (every activation 16-bit): drop {drop:.4f} (budget {budget:g})")
+    best_path, best_drop, _k = best
+    if drop < best_drop or drop <= budget:
+        kept = [{"tensor": ALL_ACTIVATIONS, "sqnr_db": None, "kept_as": "uint16", "cost": "all activations"}]
+        return SearchResult(path, method, drop, drop <= budget, kept, steps, path)
+    return SearchResult(best_path, method, best_drop, False, [], steps, best_path)
