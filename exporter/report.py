@@ -113,6 +113,7 @@ def write_report(
                 lines.append(f"| {v['name']} | — | — | — | — | {est.get('reason', 'not available')} | {interval} |")
         lines += _power_lines(prof)
         lines += _quantization_lines(prof)
+        lines += _npu_lines(prof)
         lines += ["", "Budgets (deliverable):", "", "| budget | limit | value | ok | basis |", "|---|---|---|---|---|"]
         for verdict in prof["verdicts"]:
             ok = {True: "pass", False: "**FAIL**", None: "not evaluated"}[verdict["ok"]]
@@ -381,3 +382,40 @@ def _model_text(est: dict) -> str:
     if est.get("efficiency") is not None:
         return f"roofline / host efficiency {est['efficiency']:.2f}"
     return "measured on the device"
+
+
+def _npu_lines(prof: dict) -> list[str]:
+    """QNN profiles: the metric as the emulated HTP computes it, and the context binary that ships."""
+    runs = [(v["name"], v["npu"]) for v in prof["variants"] if v.get("npu")]
+    binary = prof.get("context_binary")
+    if not runs and binary is None:
+        return []
+    lines = ["", "On the NPU (onnxruntime-qnn's HTP backend, emulated on this x86 host):", ""]
+    done = [(n, r) for n, r in runs if r.get("available")]
+    for name, r in runs:
+        if not r.get("available"):
+            lines.append(f"- `{name}`: not run on the HTP ({r['reason']}); accuracy is {r['accuracy_basis']}")
+    if done:
+        lines += [
+            "| variant | samples | FP32 | on the HTP | Q/DQ simulated | drop on the HTP | HTP vs simulation |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {r['samples']} | {r['baseline_metric']:.4f} | {r['metric']:.4f} | {r['simulated_metric']:.4f} | "
+            f"{r['drop']:+.4f} | {r['htp_vs_simulation']} |"
+            for n, r in done
+        ]
+        lines += ["", f"Basis: {done[0][1]['accuracy_basis']}; subset: {done[0][1]['samples_rule']}."]
+    if binary is not None:
+        if binary.get("compiled"):
+            back = binary["loaded_back"]
+            lines.append(
+                f"\nContext binary `{binary['file']}` ({binary['bytes']:,} bytes) for soc_model "
+                f"{binary['soc']['soc_model']} (HTP v{binary['soc']['htp_arch']}), CPU fallback disabled; loaded back "
+                f"here, max |difference| vs the QDQ model on the HTP {back['max_abs_diff_vs_qdq_on_htp']:g} over "
+                f"{back['samples']} samples. Compiled with QAIRT {binary['versions']['qairt']} (onnxruntime-qnn "
+                f"{binary['versions']['onnxruntime_qnn']}); the device needs the same QNN SDK version."
+            )
+        else:
+            lines.append(f"\nNo context binary: {binary['reason']}")
+    return lines
