@@ -167,7 +167,9 @@ def rec_calibration() -> dict[str, np.ndarray]:
 
 
 def rec_evaluation() -> dict[str, np.ndarray]:
-    return {"x": rec("evaluation")[0]}
+    """The rendered lines and the strings drawn on them (the ground truth of `metric: text-recognition`)."""
+    images, texts = rec("evaluation")
+    return {"x": images, "labels": np.asarray(texts)}
 
 
 def cls_calibration() -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from exporter.callables import load_callable
 from exporter.errors import UsageError
-from exporter.recipe import CallableMetric
+from exporter.recipe import CallableMetric, TaskMetric
 
 MetricFn = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], float]
 
@@ -74,12 +74,57 @@ def extra_metrics(name: str, output: np.ndarray, labels: np.ndarray | None, refe
 METRICS: dict[str, tuple[MetricFn, bool]] = {"top1": (top1, True), "cosine": (cosine, True), "mse": (mse, False)}
 
 
-def resolve_metric(spec: str | CallableMetric, recipe_path: Path) -> tuple[str, MetricFn, bool]:
+ExtrasFn = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], dict[str, float]]
+
+
+def resolve_metric(
+    spec: str | CallableMetric | TaskMetric, recipe_path: Path, model_path: Path | None = None
+) -> tuple[str, MetricFn, bool, ExtrasFn | None]:
+    """(name, fn, higher_is_better, extras): extras gives a task metric's further values (CER, box error...)."""
     if isinstance(spec, str):
         fn, higher = METRICS[spec]
-        return spec, fn, higher
+        return spec, fn, higher, None
+    if isinstance(spec, TaskMetric):
+        from exporter.task_metrics import TASKS, task_metric_fn
+
+        options = dict(spec.options)
+        charset = _charset(spec, recipe_path, model_path)
+        if charset is not None:
+            options["charset"] = charset
+        try:
+            primary, extras = task_metric_fn(spec.task, options)
+        except UsageError as exc:
+            raise UsageError(str(exc), path=recipe_path) from None  # the task's own field and fix, plus the file
+        return spec.task, primary, TASKS[spec.task].higher_is_better, extras
     fn = load_callable(spec.callable, recipe_path.parent, recipe_path, "metric.callable")
-    return spec.name, fn, spec.higher_is_better
+    return spec.name, fn, spec.higher_is_better, None
+
+
+def _charset(spec: TaskMetric, recipe_path: Path, model_path: Path | None) -> list[str] | None:
+    """The recogniser's characters, from a file beside the recipe or from the model's own metadata."""
+    if spec.charset_file is not None:
+        path = (recipe_path.parent / spec.charset_file).resolve()
+        if not path.is_file():
+            raise UsageError(
+                "charset file not found", path=path, field="metric.charset_file", fix="one character per line"
+            )
+        return path.read_text(encoding="utf-8").splitlines()
+    if spec.charset_metadata is not None:
+        import onnx
+
+        found = None
+        if model_path is not None:
+            meta = onnx.load(str(model_path), load_external_data=False).metadata_props
+            found = next((p.value for p in meta if p.key == spec.charset_metadata), None)
+        if found is None:
+            raise UsageError(
+                f"the model has no metadata '{spec.charset_metadata}'",
+                path=recipe_path,
+                field="metric.charset_metadata",
+                fix="name the key that holds the characters, or give charset_file",
+            )
+        return found.splitlines()
+    return None
 
 
 def needs_labels(name: str, labels: np.ndarray | None, where: Path) -> None:

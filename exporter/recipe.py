@@ -85,6 +85,22 @@ class CallableMetric(Strict):
     higher_is_better: bool = Field(default=True, description="False for error rates (WER, MSE...).")
 
 
+TaskName = Literal["text-recognition", "text-detection", "detection", "voice-activity", "classification"]
+
+
+class TaskMetric(Strict):
+    """A built-in task metric with its post-processing (exporter/task_metrics.py: CTC decoding, DB boxes,
+    YOLO decoding + NMS, VAD frames): judged against the evaluation labels when the data has them, else
+    against the FP32 model's own post-processed output. The cosine of raw outputs hides what users see."""
+
+    task: TaskName
+    options: dict[str, float | int | str] = Field(default_factory=dict, description="The task's own settings.")
+    charset_file: str | None = Field(default=None, description="text-recognition: one character per line.")
+    charset_metadata: str | None = Field(
+        default=None, description="text-recognition: the model's metadata key holding the charset (PP-OCR: character)."
+    )
+
+
 Precision = Literal["int8", "int4", "fp16"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile", "distribution"]
 
@@ -210,7 +226,7 @@ class Recipe(Strict):
     )
     outputs: list[str] | None = Field(default=None, description="Output names; defaults to output_0..")
     data: DataSection
-    metric: Literal["top1", "cosine", "mse"] | CallableMetric = "top1"
+    metric: Literal["top1", "cosine", "mse"] | CallableMetric | TaskMetric = "top1"
     compress: list[CompressStep] = Field(
         default_factory=list,
         description="Ordered compression steps: student, prune, lowrank, then distill to recover accuracy.",

@@ -48,6 +48,7 @@ class Context:
     shapes: dict = field(default_factory=dict, repr=False)  # (batch, seq) -> Context, per-profile shapes
     compressed: dict = field(default_factory=dict, repr=False)  # (align, latency) -> compress.Compressed
     replay: object = None  # replay.Replay: timing-based decisions taken from an earlier manifest
+    metric_extras: object = None  # a task metric's further values (fn(output, labels, reference) -> dict)
 
 
 def reference_outputs(ctx: Context) -> Context:
@@ -159,9 +160,10 @@ def prepare(
     # Data inputs first: the batch and the query label are read from the first input.
     inputs = sorted(inputs, key=lambda s: s.kind != "data")
     calibration, evaluation = load_data(loaded, model, inputs)
-    metric_name, metric_fn, higher = resolve_metric(r.metric, loaded.path)
+    metric_name, metric_fn, higher, extras = resolve_metric(r.metric, loaded.path, model.onnx_path)
     needs_labels(metric_name, evaluation.labels, loaded.path)
     ctx = Context(loaded, chosen, calibration, evaluation, model, inputs, [], metric_name, metric_fn, higher, 0.0)
+    ctx.metric_extras = extras
     if r.compress:
         from exporter.compress import check_steps
 

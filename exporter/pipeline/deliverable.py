@@ -7,6 +7,7 @@ tie band so two variants that time alike do not swap on every rebuild.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from exporter import log
@@ -91,7 +92,9 @@ def variant_record(
         "memory_mb": meas.memory["session_mb"],
         "memory": meas.memory,
         "metric": {"name": ctx.metric_name, "value": round(value, 6), "drop": round(drop, 6), "evaluated": mode},
-        "metrics": extra_metrics(ctx.metric_name, meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]),
+        "metrics": (ctx.metric_extras or partial(extra_metrics, ctx.metric_name))(
+            meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]
+        ),
         "params": stats["parameters"],
         "macs": stats["macs"],
         "produced_by": produced_by,

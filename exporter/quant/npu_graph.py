@@ -63,13 +63,15 @@ def prepare_for_integer_npu(
     `feeds` (calibration inputs) size the mask clamp and prove the FP32 parity. The input model
     is not modified. With nothing to rewrite the same model comes back with no records.
     """
+    if not feeds:
+        raise InternalError("the integer-NPU graph rewrites need calibration feeds", step="npu-graph-rewrite")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     records: list[dict] = []
     if _gelu_matches(list(out.graph.node), out.graph) and _opset(out) < GELU_OPSET:
         before = _opset(out)
         out = convert_version(out, GELU_OPSET)
-        records.append({"rewrite": "opset", "before": before, "after": GELU_OPSET, "why": "ONNX Gelu needs opset 20"})
+        records.append({"kind": "opset", "before": before, "after": GELU_OPSET, "why": "ONNX Gelu needs opset 20"})
     records += _fuse_erf_gelu(out)
     masks = _mask_fills(out)
     if masks:
@@ -77,7 +79,7 @@ def prepare_for_integer_npu(
     if not records:
         return model, []
     diff = _parity(model, out, feeds)
-    check = {"check": "fp32-parity", "feeds": len(feeds), "max_relative_diff": diff, "tolerance": tolerance}
+    check = {"kind": "fp32-parity", "feeds": len(feeds), "max_relative_diff": diff, "tolerance": tolerance}
     if not diff <= tolerance:
         raise InternalError(
             f"the integer-NPU graph rewrites changed the FP32 model's outputs by {diff:.3g} (relative), "
@@ -104,7 +106,7 @@ def _fuse_erf_gelu(model: onnx.ModelProto) -> list[dict]:
         first[min(where)] = helper.make_node("Gelu", [x], [result], name=name, approximate="none")
         records.append(
             {
-                "rewrite": "erf-gelu",
+                "kind": "erf-gelu",
                 "replaced": [n.name for n in matched],
                 "with": name,
                 "why": "the HTP has no Erf; ONNX Gelu (exact) computes x*0.5*(1+erf(x/sqrt2)) and runs there",
@@ -233,7 +235,7 @@ def _clamp_masks(out, masks, feeds, original) -> list[dict]:
         _set_constant(out.graph, tensor, bound)
         records.append(
             {
-                "rewrite": "clamp-mask-fill",
+                "kind": "clamp-mask-fill",
                 "tensor": tensor,
                 "before": value,
                 "after": bound,

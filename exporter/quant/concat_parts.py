@@ -1,0 +1,112 @@
+"""Concatenated outputs whose parts live on different scales, found before a shared INT8 scale erases one.
+
+A YOLOv8 head ends in Concat(boxes in pixels 0..320, class scores 0..1) along the channel axis. Static
+INT8 gives the Concat output one scale (320/255 = 1.25), so every score rounds to 0 or 1.25: cosine of
+the whole output stays at 0.999 while detections vanish. Given the calibration ranges of the Concat's
+inputs, this reports the ones whose magnitudes differ by more than a ratio, with the slice of the graph
+output each input fills, so the part can be kept in float, quantized on its own, or judged on its own
+(exporter.task_metrics.output_parts_sqnr takes the same (axis, start, stop) slices).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import onnx
+
+# Ops that only move or relabel elements: a Concat behind them still decides the output's layout.
+_SHAPE_ONLY = {"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+
+Shape = list[int | None]
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Every tensor's shape onnx's shape inference knows (None for symbolic or unknown dimensions)."""
+    graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    shapes: dict[str, Shape] = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    found = [a for a in node.attribute if a.name == name]
+    return onnx.helper.get_attribute_value(found[0]) if found else default
+
+
+def _follow_axis(axis: int | None, node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
+    """Where `axis` of node's input ends up in its output; None when the op mixes it with others.
+
+    A reshape keeps an axis's slices whole when the elements before it and its own length are unchanged."""
+    src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
+    if axis is None or src is None:
+        return None
+    if node.op_type == "Transpose":
+        perm = list(_attr(node, "perm", list(range(len(src)))[::-1]))
+        return perm.index(axis)
+    if node.op_type == "Identity":
+        return axis
+    if dst is None or None in src[: axis + 1] or None in dst:
+        return None
+    before = math.prod(src[:axis])
+    for k, size in enumerate(dst):
+        if size == src[axis] and math.prod(dst[:k]) == before:
+            return k
+    return None
+
+
+def find_concat_parts(
+    model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ratio: float = 10.0
+) -> list[dict[str, Any]]:
+    """Concats feeding a graph output (directly or through shape-only ops) with mismatched input ranges.
+
+    `ranges` maps tensor names to calibrated (min, max). An input is `small` when its magnitude
+    (max |min|, |max|) times `ratio` is below the largest input's; all-zero inputs are exact on any
+    scale and never flagged. Each report names the Concat, its axis, the graph output's axis it maps
+    to (None when a reshape mixes it) and each input's [start, stop) along it (None if not inferable)."""
+    shapes = _shapes(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for graph_out in model.graph.output:
+        path, node = [], producers.get(graph_out.name)
+        while node is not None and node.op_type in _SHAPE_ONLY:
+            path.append(node)
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "Concat":
+            continue
+        rank = len(shapes.get(node.output[0]) or shapes.get(node.input[0]) or [])
+        axis = _attr(node, "axis", 0)
+        axis = axis + rank if axis < 0 and rank else axis
+        mags = {t: max(abs(ranges[t][0]), abs(ranges[t][1])) for t in node.input if t in ranges}
+        if len(mags) < 2:
+            continue
+        big = max(mags.values())
+        small = {t for t, m in mags.items() if 0 < m and m * ratio < big}
+        if not small:
+            continue
+        out_axis: int | None = axis
+        for step in reversed(path):
+            out_axis = _follow_axis(out_axis, step, shapes)
+        inputs, start = [], 0
+        for t in node.input:
+            shape = shapes.get(t) or []
+            size = shape[axis] if axis < len(shape) else None
+            stop = None if start is None or size is None else start + size
+            lo, hi = ranges.get(t, (None, None))
+            inputs.append({"tensor": t, "min": lo, "max": hi, "start": start, "stop": stop, "small": t in small})
+            start = stop
+        found.append(
+            {
+                "output": graph_out.name,
+                "concat": node.name,
+                "concat_output": node.output[0],
+                "axis": axis,
+                "output_axis": out_axis,
+                "ratio": big / min(m for m in mags.values() if m > 0),
+                "inputs": inputs,
+            }
+        )
+    return found
