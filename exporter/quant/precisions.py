@@ -176,6 +176,14 @@ def _int8_describe(req: Request, run: RunInputs) -> str:
     )
 
 
+def _activations(q) -> str:
+    """What the activations of the shipped file are: the preset's type, or 16-bit everywhere (A16W8)."""
+    kept = (q.search or {}).get("kept_out_of_int8") or []
+    if any(k["tensor"] == "*" for k in kept):
+        return "uint16 (A16W8: every activation 16-bit, weights 8-bit)"
+    return q.preset["activation_type"] + (f", {len(kept)} tensor(s) raised or kept" if kept else "")
+
+
 def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
     from exporter.quantize import quantize_int8
 
@@ -218,6 +226,8 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "notes": q.notes,
             "search": q.search,
             "speed_guard": q.speed_guard,
+            "graph_rewrites": q.graph_rewrites,  # FP32 rewrites for an integer-only NPU, each with parity
+            "activations": _activations(q),
         }
     )
     summary = {
