@@ -69,3 +69,21 @@ def test_without_the_qnn_extra_the_build_says_what_it_did_not_check(tmp_path):
     out = tmp_path / "proj" / "out" / "sa8295p-qnn"
     assert not list(out.glob("*.ctx.onnx"))
     assert "context_binary" not in json.loads((out / "runtime.json").read_text())
+
+
+def test_a16w8_is_the_last_step_on_an_integer_only_npu_and_kept_only_when_it_helps(tmp_path):
+    from exporter.quant.search import ALL_ACTIVATIONS, _all_activations_16bit
+
+    asked: list[dict] = []
+
+    def requantize(method: str, overrides: dict[str, str]):
+        asked.append(overrides)
+        return tmp_path / "a16w8.onnx"
+
+    best = (tmp_path / "keep16.onnx", 0.04, 16)  # the best per-tensor step: 16 tensors at 16-bit, still over
+    steps: list[dict] = []
+    met = _all_activations_16bit(requantize, lambda p: 0.0007, "minmax", 0.01, steps, "t", best)
+    assert asked == [{ALL_ACTIVATIONS: "uint16"}] and met.met and met.path.name == "a16w8.onnx"
+    assert met.kept[0]["tensor"] == ALL_ACTIVATIONS and steps[-1]["step"].startswith("every activation 16-bit")
+    worse = _all_activations_16bit(requantize, lambda p: 0.2, "minmax", 0.01, [], "t", best)
+    assert not worse.met and worse.path == best[0] and worse.drop == 0.04  # A16W8 did worse: the best step stays

@@ -115,6 +115,8 @@ def estimate(
     device_latency_ms: float | None = None,
     shapes: dict[str, list[int]] | None = None,
     profile_id: str | None = None,
+    fit_precision: str | None = None,
+    work_graph: Path | None = None,
 ) -> dict:
     """Device latency, energy and power of one variant; `available: False` with the reason when it cannot be done.
 
@@ -122,7 +124,11 @@ def estimate(
     roofline-over-host-efficiency latency, and the energy model uses it for the static part.
     shapes: the input shapes the variant runs at (needed where the file keeps dynamic dimensions).
     profile_id: the device profile; with a shipped fit for it at this precision the fitted model
-    gives the latency (host_latency_ms and threads are then unused)."""
+    gives the latency (host_latency_ms and threads are then unused).
+    fit_precision: the fit to use when it differs from the arithmetic's precision ("a16w8": 16-bit
+    activations and 8-bit weights, fitted on published w8a16 timings; its energy uses INT8's constants).
+    work_graph: the FP32 graph the variant was quantized from, counted where shape inference cannot
+    follow the quantized file (16-bit Q/DQ at opset 21): quantization does not change the work."""
     if estimates is None:
         return {"available": False, "reason": "the profile has no `estimates:` constants"}
     if precision not in estimates.compute_gmacs or precision not in estimates.pj_per_mac:
@@ -131,10 +137,15 @@ def estimate(
     if shapes:  # the shapes the variant was judged at: a dynamic dimension is never counted as 1
         model = fixed_copy(model, shapes)
     macs, moved = count_macs(model, shapes), traffic_bytes(model)
+    counted = model
+    if macs == 0 and work_graph is not None:
+        counted = onnx.load(str(work_graph))
+        counted = fixed_copy(counted, shapes) if shapes else counted
+        macs = count_macs(counted, shapes)
     dev_compute = estimates.compute_gmacs[precision].value
     dev_bw = estimates.dram_gbps.value
     dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3
-    fitted = load_fit(profile_id, precision) if device_latency_ms is None else None
+    fitted = load_fit(profile_id, fit_precision or precision) if device_latency_ms is None else None
     band, method, fit_facts = None, METHOD if device_latency_ms is None else METHOD_ON_DEVICE, None
     host, host_roofline_ms, efficiency = {}, None, None
     if device_latency_ms is not None:
@@ -142,7 +153,7 @@ def estimate(
         efficiency = min(1.0, dev_roofline_ms / latency_ms) if latency_ms > 0 else 1.0
     elif fitted is not None:
         try:
-            work = graph_features(model, shapes)
+            work = graph_features(counted, shapes)
         except ValueError as exc:  # a size the fit needs is unknown: say so, do not guess
             return {"available": False, "reason": f"fitted device model: {exc}"}
         latency_ms = predict_ms(work, fitted)

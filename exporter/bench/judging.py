@@ -122,6 +122,8 @@ def judge_timed(
     latency_basis: str = HOST,
     measured_on: str = "the build machine",
     shapes: dict[str, list[int]] | None = None,
+    fit_precision: str | None = None,
+    work_graph: Path | None = None,
 ) -> Judged:
     """Budgets are judged at the profile's percentile; energy and power on the sensor when it was
     read, else on the estimate (device_latency_ms: latency measured on the device replaces the
@@ -140,6 +142,8 @@ def judge_timed(
         device_latency_ms=device_latency_ms,
         shapes=shapes,
         profile_id=profile.id,
+        fit_precision=fit_precision,
+        work_graph=work_graph,
     )
     evidence = latency_evidence(profile, stats, interval, device, latency_basis)
     verdicts = judge(

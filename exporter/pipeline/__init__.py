@@ -161,7 +161,9 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         )
         gates = [v.as_dict() for v in judge_preflight(profile.preflight, checks[name])]
         if on_npu and precision in target.quantization.precisions:
-            record["npu"], npu_verdicts = judge_on_npu(ctx, profile, name, paths[name], meas[name].outputs[0], max_drop)
+            record["npu"], npu_verdicts = judge_on_npu(
+                ctx, profile, name, paths[name], meas[name].outputs[0], max_drop, paths.get(parent or "")
+            )
             gates += [v.as_dict() for v in npu_verdicts]
         record["verdicts"] += gates
         record["ok"] = record["ok"] and all(v["ok"] is not False for v in gates)

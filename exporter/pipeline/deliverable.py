@@ -61,6 +61,9 @@ def variant_record(
         max_accuracy_drop=max_drop,
         measured=meas.power,
         shapes={s.name: list(s.shape) for s in ctx.inputs},  # the estimate counts at the shapes timed
+        # A16W8 runs 16-bit activations: its latency comes from the fit on published w8a16 timings
+        fit_precision="a16w8" if str(produced_by.get("activations", "")).startswith("uint16") else None,
+        work_graph=path.parent / f"{parent}.onnx" if parent else None,  # its FP32 parent: the same work
     )
     interval, verdicts = judged.interval, judged.verdicts
     half = (interval[1] - interval[0]) / 2
