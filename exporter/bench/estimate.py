@@ -136,12 +136,12 @@ def estimate(
     model = onnx.load(str(path))
     if shapes:  # the shapes the variant was judged at: a dynamic dimension is never counted as 1
         model = fixed_copy(model, shapes)
-    macs, moved = count_macs(model, shapes), traffic_bytes(model)
+    macs, moved = count_macs(model, shapes) or _static_count(model), traffic_bytes(model)
     counted = model
     if macs == 0 and work_graph is not None:
         counted = onnx.load(str(work_graph))
         counted = fixed_copy(counted, shapes) if shapes else counted
-        macs = count_macs(counted, shapes)
+        macs = count_macs(counted, shapes) or _static_count(counted)
     dev_compute = estimates.compute_gmacs[precision].value
     dev_bw = estimates.dram_gbps.value
     dev_roofline_ms = max(macs / (dev_compute * 1e9), moved / (dev_bw * 1e9)) * 1e3
@@ -153,7 +153,7 @@ def estimate(
         efficiency = min(1.0, dev_roofline_ms / latency_ms) if latency_ms > 0 else 1.0
     elif fitted is not None:
         try:
-            work = graph_features(counted, shapes)
+            work = _features(counted, shapes)
         except ValueError as exc:  # a size the fit needs is unknown: say so, do not guess
             return {"available": False, "reason": f"fitted device model: {exc}"}
         latency_ms = predict_ms(work, fitted)
@@ -217,3 +217,26 @@ def _band(fitted: dict, inside: bool) -> dict:
         "fit_file": fitted["fit_file"],
         "in_domain": inside,  # False: the graph's MatMul/attention share is beyond every fitted model's
     }
+
+
+def _static(model: onnx.ModelProto) -> bool:
+    inits = {i.name for i in model.graph.initializer}
+    return all(
+        d.HasField("dim_value") for i in model.graph.input if i.name not in inits for d in i.type.tensor_type.shape.dim
+    )
+
+
+def _static_count(model: onnx.ModelProto) -> int:
+    """MACs at the file's own sizes when every input is static (fixing them again can defeat
+    onnxruntime's symbolic inference on exported transformers); 0 when a dimension is dynamic."""
+    return count_macs(model) if _static(model) else 0
+
+
+def _features(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> dict[str, float]:
+    """The fit's features at the judged shapes; at the file's own sizes when they are all static."""
+    try:
+        return graph_features(model, shapes)
+    except ValueError:
+        if not _static(model):
+            raise
+        return graph_features(model, None)
