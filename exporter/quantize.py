@@ -107,6 +107,9 @@ def quantize_int8(
         if preset.fallback == "uint16":  # an integer-only NPU (QNN's HTP): FP32 rewrites before any calibration
             with internal_step("static INT8: integer-NPU graph rewrites (exporter.quant.npu_graph)", prepped):
                 rewritten, graph_rewrites = prepare_for_integer_npu(onnx.load(str(prepped)), sample.feeds(batch, 32))
+                named = _name_nodes(rewritten)
+                if named:  # onnxruntime's QNN mixed-precision fixer addresses nodes by name
+                    graph_rewrites.append({"kind": "named-nodes", "nodes": named, "why": "the QNN settings need names"})
                 if graph_rewrites:
                     onnx.save(rewritten, str(prepped))
             for rec in graph_rewrites:
@@ -417,3 +420,17 @@ def _quantize_once(
 
 def _rewrite_text(rec: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in rec.items() if not isinstance(v, (list, dict)))
+
+
+def _name_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed node a unique name (op type + index); returns how many were named."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_edgex_{i}"
+            while name in taken:
+                name += "_"
+            node.name, named = name, named + 1
+            taken.add(name)
+    return named
