@@ -95,7 +95,9 @@ def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
         arr = np.ascontiguousarray(inputs[name])
         h.update(f"{name}|{arr.dtype.str}|{arr.shape}".encode())
         h.update(arr.tobytes())
-    if labels is not None:
+    if labels is not None and labels.dtype == object:  # strings: their text, never the object pointers
+        h.update("\x1f".join(map(str, labels.ravel())).encode())
+    elif labels is not None:
         h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()
 
@@ -224,6 +226,15 @@ def load_dataset(
     arrays: dict[str, object] = {}
     if source.npz is not None:
         arrays = _read_npz(loaded.resolve(source.npz), where, f"{field}.npz")
+    elif source.images is not None or source.audio is not None:
+        from exporter.media_data import read_audio, read_images
+
+        read = read_images if source.images is not None else read_audio
+        folder = loaded.resolve(source.images or source.audio or "")
+        labels_path = loaded.resolve(source.labels) if source.labels is not None else None
+        arrays = dict(read(source, folder, labels_path, specs, where, field))
+        if source.audio is not None and (feeding is None or not feeding.carried):  # no state: chunks are samples
+            arrays = {k: v.reshape(-1, *v.shape[2:]) for k, v in arrays.items()}
     elif sentences is None:
         result = _call(source, loaded, field)
         labels_given = None

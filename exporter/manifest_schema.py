@@ -209,6 +209,11 @@ class Variant(Record):
     memory: Memory
     metric: VariantMetric
     metrics: dict[str, Number] = Field(description="Further named values next to the primary metric.")
+    output_sqnr: list[Open] = Field(
+        default_factory=list,
+        description="SQNR (dB) of each output against FP32, and of each part of an output that concatenates "
+        "far-apart ranges (YOLO boxes beside class scores); 'inf' when identical.",
+    )
     params: int
     macs: int
     produced_by: Open = Field(description="What the step that made this file did; its keys depend on the step.")

@@ -140,3 +140,42 @@ def needs_labels(name: str, labels: np.ndarray | None, where: Path) -> None:
 def accuracy_drop(baseline: float, value: float, higher_is_better: bool) -> float:
     """Degradation in the metric's own units: positive means worse than the baseline."""
     return baseline - value if higher_is_better else value - baseline
+
+
+def output_fidelity(
+    outputs: list[np.ndarray], reference: list[np.ndarray], names: list[str], concat_parts: list[dict] | None = None
+) -> list[dict]:
+    """SQNR (dB) of every output against FP32, and of each part of an output that concatenates unlike
+    quantities (exporter.quant.concat_parts): a whole-output figure hides the part a scale destroyed."""
+    from exporter.task_metrics import output_parts_sqnr
+
+    rows = []
+    for name, out, ref in zip(names, outputs, reference):
+        if np.shape(out) != np.shape(ref) or not np.issubdtype(np.asarray(out).dtype, np.floating):
+            continue
+        parts, labels = [], []
+        for rec in concat_parts or []:
+            axis = rec.get("output_axis")
+            if rec["output"] != name or axis is None:
+                continue
+            for part in rec["inputs"]:
+                if part["start"] is not None and part["stop"] is not None:
+                    parts.append((axis, part["start"], part["stop"]))
+                    labels.append(part["tensor"])
+        got = output_parts_sqnr(out, ref, parts)
+        whole = _db(got[0]["sqnr_db"])
+        rows.append(
+            {
+                "output": name,
+                "sqnr_db": whole,
+                "parts": [
+                    {"tensor": t, "slice": r["part"], "sqnr_db": _db(r["sqnr_db"])} for t, r in zip(labels, got[1:])
+                ],
+            }
+        )
+    return rows
+
+
+def _db(value: float) -> float | str:
+    """Rounded dB; 'inf' as a string when identical (JSON has no infinity)."""
+    return round(value, 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")

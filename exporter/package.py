@@ -269,6 +269,7 @@ def runtime_json(
         "outputs": describe(session.get_outputs()),
         **fed_by_app(feeding),
         "preprocessing": notes.get("preprocessing", ""),
+        **({"preprocess": notes["preprocess"]} if notes.get("preprocess") else {}),
         "postprocessing": notes.get("postprocessing", ""),
         "files": files,
         "reference_check": {"script": "reference/check_reference.py", **check},

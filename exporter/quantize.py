@@ -30,6 +30,8 @@ from exporter.data import Dataset
 from exporter.errors import UsageError, clip, injected_fault, internal_step
 from exporter.onnx_io import save_model
 from exporter.quant.calibration import FeedReader, bounded_samples
+from exporter.quant.concat_parts import keep_parts_apart
+from exporter.quant.graph_edit import name_unnamed_nodes
 from exporter.quant.npu_graph import prepare_for_integer_npu
 from exporter.quant.qdq_graph import float_compute_nodes, keep_float
 from exporter.quant.search import ALL_ACTIVATIONS, Evaluate, search
@@ -65,6 +67,7 @@ class QuantizeResult:
     search: dict | None = None  # the accuracy search: steps, tensors kept out of INT8, whether it met the budget
     speed_guard: dict | None = None
     graph_rewrites: list[dict] = field(default_factory=list)  # FP32 rewrites for an integer-only NPU, with parity
+    concat_parts: list[dict] = field(default_factory=list)  # outputs concatenating far-apart ranges, kept apart
 
 
 def quantize_int8(
@@ -107,7 +110,7 @@ def quantize_int8(
         if preset.fallback == "uint16":  # an integer-only NPU (QNN's HTP): FP32 rewrites before any calibration
             with internal_step("static INT8: integer-NPU graph rewrites (exporter.quant.npu_graph)", prepped):
                 rewritten, graph_rewrites = prepare_for_integer_npu(onnx.load(str(prepped)), sample.feeds(batch, 32))
-                named = _name_nodes(rewritten)
+                named = name_unnamed_nodes(rewritten)
                 if named:  # onnxruntime's QNN mixed-precision fixer addresses nodes by name
                     graph_rewrites.append({"kind": "named-nodes", "nodes": named, "why": "the QNN settings need names"})
                 if graph_rewrites:
@@ -115,6 +118,7 @@ def quantize_int8(
             for rec in graph_rewrites:
                 if rec.get("kind") != "fp32-parity":
                     log.info(f"[{label}] integer-NPU rewrite: {_rewrite_text(rec)}")
+        concat_parts, excluded, pinned = keep_parts_apart(prepped, sample.feeds(batch, 8), preset.fallback, label)
         methods = [settings.calibration_method] + [
             m for m in settings.search.calibration_methods if m != settings.calibration_method
         ]
@@ -130,7 +134,6 @@ def quantize_int8(
                     notes.append(note)
             return samples[method]
 
-        excluded: dict[str, str] = {}
         counter = iter(range(10_000))
 
         def requantize(
@@ -140,7 +143,7 @@ def quantize_int8(
             with internal_step("static INT8: calibration sizing", prepped):
                 data = data_for(method)
             with internal_step("static INT8: calibrate and quantize (onnxruntime quantize_static)", out):
-                _quantize_excluding(out, data, method, overrides, op_types, exclude)
+                _quantize_excluding(out, data, method, {**pinned, **overrides}, op_types, exclude)
                 if injected_fault("corrupt:int8-quantized"):  # test hook: a written file that cannot load
                     out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
             return out
@@ -238,6 +241,7 @@ def quantize_int8(
         search=searched,
         speed_guard=guard,
         graph_rewrites=graph_rewrites,
+        concat_parts=concat_parts,
     )
 
 
@@ -420,17 +424,3 @@ def _quantize_once(
 
 def _rewrite_text(rec: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in rec.items() if not isinstance(v, (list, dict)))
-
-
-def _name_nodes(model: onnx.ModelProto) -> int:
-    """Give every unnamed node a unique name (op type + index); returns how many were named."""
-    taken = {n.name for n in model.graph.node if n.name}
-    named = 0
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_edgex_{i}"
-            while name in taken:
-                name += "_"
-            node.name, named = name, named + 1
-            taken.add(name)
-    return named

@@ -19,8 +19,35 @@ def exactly_one(model: BaseModel, *names: str) -> None:
         raise ValueError(f"give exactly one of {', '.join(quoted[:-1])} or {quoted[-1]}")
 
 
+class ImagePreprocess(Strict):
+    """What the app does to a photo before the model sees it; applied to calibration and evaluation alike
+    and written into runtime.json, so the numbers were measured on what the device will feed."""
+
+    input: str | None = Field(default=None, description="The input fed; default: the only data input.")
+    size: tuple[int, int] | None = Field(default=None, description="[height, width]; default: the input's shape.")
+    resize: Literal["stretch", "letterbox"] = Field(
+        default="stretch", description="letterbox keeps the aspect ratio and pads (YOLO), stretch does not."
+    )
+    pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding, 0..255 before scaling.")
+    channels: Literal["rgb", "bgr"] = "rgb"
+    scale: float = Field(default=1 / 255, description="Multiplies the 0..255 pixel values first.")
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+
+class AudioPreprocess(Strict):
+    """WAV files cut the way the app streams them: each file one sequence of chunks."""
+
+    input: str | None = Field(default=None, description="The input fed; default: the only data input.")
+    sample_rate: int = Field(default=16000, ge=1000, description="Files at another rate are resampled (polyphase).")
+    chunk: int = Field(ge=1, description="New samples per chunk (silero: 512 at 16 kHz).")
+    context: int = Field(default=0, ge=0, description="Samples of the previous chunk fed before each chunk.")
+    seconds: float | None = Field(default=None, gt=0, description="Cut or zero-pad every file to this length.")
+
+
 class DataSource(Strict):
-    """Exactly one of npz, callable, text or corpus (text kinds need a model with a tokenizer)."""
+    """Exactly one of npz, callable, text, corpus, images or audio (text kinds need a model with a tokenizer)."""
 
     npz: str | None = Field(default=None, description="Arrays named after the inputs (+ optional 'labels').")
     callable: str | None = Field(
@@ -35,11 +62,28 @@ class DataSource(Strict):
     split: Literal["train", "calibration", "evaluation"] | None = Field(
         default=None, description="Which topic-disjoint split of the corpus."
     )
+    images: str | None = Field(default=None, description="A folder of .jpg/.jpeg/.png/.bmp files (sorted by name).")
+    audio: str | None = Field(default=None, description="A folder of .wav files (PCM), one sequence each.")
+    preprocess: ImagePreprocess | AudioPreprocess | None = Field(
+        default=None, description="images/audio: what the app does before feeding the model."
+    )
+    labels: str | None = Field(
+        default=None,
+        description="images/audio: a JSON file {file name: label}: a class index, a string, boxes "
+        "[[class, x0, y0, x1, y1], ...] in the file's pixels, or speech segments [[start_s, end_s], ...].",
+    )
     limit: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
 
     @model_validator(mode="after")
     def _one_of(self) -> DataSource:
-        exactly_one(self, "npz", "callable", "text", "corpus")
+        exactly_one(self, "npz", "callable", "text", "corpus", "images", "audio")
+        media = self.images is not None or self.audio is not None
+        if (self.preprocess is not None or self.labels is not None) and not media:
+            raise ValueError("'preprocess' and 'labels' go with 'images' or 'audio'")
+        if self.audio is not None and not isinstance(self.preprocess, AudioPreprocess):
+            raise ValueError("audio needs preprocess: {chunk: N} (samples per chunk; sample_rate, context optional)")
+        if self.images is not None and isinstance(self.preprocess, AudioPreprocess):
+            raise ValueError("images take an image preprocess (size, resize, scale, mean, std, channels, layout)")
         if (self.corpus == "pydoc-topics") != (self.split is not None):
             raise ValueError("'split' goes with corpus pydoc-topics (train, calibration or evaluation), only")
         return self

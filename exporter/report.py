@@ -173,10 +173,29 @@ def write_report(
                 lines += ["", f"`{v['name']}` kept in float: {text}."]
                 for node, why in (v["produced_by"].get("excluded_nodes") or {}).items():
                     lines.append(f"- node `{node}` excluded from quantization: {why}")
+            lines += _fidelity_lines(v)
         lines.append("")
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _fidelity_lines(v: dict) -> list[str]:
+    """Each output's SQNR against FP32 and, for an output that concatenates unlike quantities, each part's:
+    a YOLO head whose class scores shared the boxes' INT8 scale shows a good whole and a broken part."""
+    lines = []
+    for rec in v.get("output_sqnr") or []:
+        parts = "; ".join(f"`{p['tensor']}` {p['slice']}: {p['sqnr_db']} dB" for p in rec["parts"])
+        lines.append(
+            f"- `{v['name']}` output `{rec['output']}` SQNR {rec['sqnr_db']} dB" + (f" ({parts})" if parts else "")
+        )
+    for rec in (v.get("produced_by") or {}).get("concat_parts") or []:
+        kept = "kept in float" if rec["kept_as"] == "float" else "raised to 16-bit"
+        lines.append(
+            f"- `{v['name']}`: Concat `{rec['concat']}` joins ranges {rec['ratio']:.0f}x apart into `{rec['output']}`; "
+            f"one INT8 scale would erase the small part, so it was {kept}"
+        )
+    return lines
 
 
 def _speed_lines(prof: dict) -> list[str]:
@@ -290,7 +309,7 @@ def _quantization_lines(prof: dict) -> list[str]:
         for note in pb.get("notes") or []:
             lines.append(f"- {note}")
         if pb.get("excluded_nodes"):
-            lines.append(f"- nodes onnxruntime could not quantize, kept in float: {', '.join(pb['excluded_nodes'])}")
+            lines.append(f"- nodes kept in float: {', '.join(pb['excluded_nodes'])}")
     return lines
 
 

@@ -176,6 +176,8 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     failed = ordered_failures(failures)
     profile_verdicts = deliverable["verdicts"] + failed_variants_verdicts(failed)
     notes = r.runtime_notes.model_dump() if r.runtime_notes else {}
+    if r.data.evaluation.preprocess is not None:  # what the numbers were measured on, for the app to repeat
+        notes["preprocess"] = r.data.evaluation.preprocess.model_dump(mode="json")
     shapes = {i.name: list(i.shape) for i in ctx.inputs}
     model_file = Path(deliverable["package"]["path"]).name
     feeding = ctx.evaluation.feeding

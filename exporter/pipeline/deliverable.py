@@ -16,7 +16,7 @@ from exporter.bench.verdicts import overall
 from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.graph_stats import inspect_model
-from exporter.metrics import accuracy_drop, extra_metrics
+from exporter.metrics import accuracy_drop, extra_metrics, output_fidelity
 from exporter.pipeline.context import Context
 from exporter.profiles import DeviceProfile
 from exporter.quant.speed import TOLERANCE as SPEED_TOLERANCE  # INT8 may be at most 5% slower than FP32
@@ -98,6 +98,9 @@ def variant_record(
         "metrics": (ctx.metric_extras or partial(extra_metrics, ctx.metric_name))(
             meas.outputs[0], ctx.evaluation.labels, ctx.reference[0]
         ),
+        "output_sqnr": output_fidelity(
+            meas.outputs, ctx.reference, _output_names(path), produced_by.get("concat_parts")
+        ),
         "params": stats["parameters"],
         "macs": stats["macs"],
         "produced_by": produced_by,
@@ -105,6 +108,12 @@ def variant_record(
         "verdicts": [v.as_dict() for v in verdicts],
         "ok": overall(verdicts),
     }
+
+
+def _output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def choose_deliverable(variants: list[dict], target: Target) -> dict:

@@ -11,12 +11,32 @@ output each input fills, so the part can be kept in float, quantized on its own,
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import helper
+
+from exporter import log
+from exporter.errors import internal_step
+from exporter.quant.graph_edit import name_unnamed_nodes
+from exporter.runtime import make_session
 
 # Ops that only move or relabel elements: a Concat behind them still decides the output's layout.
-_SHAPE_ONLY = {"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+# Q/DQ pairs too, so a quantized file's output still leads back to its Concat (edgex diagnose).
+_SHAPE_ONLY = {
+    "Reshape",
+    "Transpose",
+    "Identity",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
+_ELEMENTWISE = {"Identity", "QuantizeLinear", "DequantizeLinear"}
 
 Shape = list[int | None]
 
@@ -47,7 +67,7 @@ def _follow_axis(axis: int | None, node: onnx.NodeProto, shapes: dict[str, Shape
     if node.op_type == "Transpose":
         perm = list(_attr(node, "perm", list(range(len(src)))[::-1]))
         return perm.index(axis)
-    if node.op_type == "Identity":
+    if node.op_type in _ELEMENTWISE:
         return axis
     if dst is None or None in src[: axis + 1] or None in dst:
         return None
@@ -88,7 +108,7 @@ def find_concat_parts(
         if not small:
             continue
         out_axis: int | None = axis
-        for step in reversed(path):
+        for step in reversed(path):  # path runs from the output back to the Concat
             out_axis = _follow_axis(out_axis, step, shapes)
         inputs, start = [], 0
         for t in node.input:
@@ -107,6 +127,95 @@ def find_concat_parts(
                 "output_axis": out_axis,
                 "ratio": big / min(m for m in mags.values() if m > 0),
                 "inputs": inputs,
+                "between": [n.name for n in reversed(path)],  # shape-only nodes from the Concat to the output
             }
         )
     return found
+
+
+def _output_concats(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for graph_out in model.graph.output:
+        node = producers.get(graph_out.name)
+        while node is not None and node.op_type in _SHAPE_ONLY:
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == "Concat":
+            found.append(node)
+    return found
+
+
+def observed_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """FP32 (min, max) of every input of a Concat that feeds a graph output, over the feeds.
+
+    One probe run with those tensors exposed as outputs: the same ranges calibration will see."""
+    names = sorted({t for node in _output_concats(model) for t in node.input if t})
+    if not names or not feeds:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    lo = dict.fromkeys(names, math.inf)
+    hi = dict.fromkeys(names, -math.inf)
+    with tempfile.TemporaryDirectory(prefix="edgex-concat-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        session = make_session(path, threads=2, mode="simulated")
+        for feed in feeds:
+            for name, x in zip(names, session.run(names, feed), strict=True):
+                x = np.asarray(x, np.float64)
+                if x.size:
+                    lo[name], hi[name] = min(lo[name], float(x.min())), max(hi[name], float(x.max()))
+    return {n: (lo[n], hi[n]) for n in names if lo[n] <= hi[n]}
+
+
+def shared_scale_plan(
+    model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], fallback: str, ratio: float = 10.0
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+    """How the quantizer keeps each mismatched Concat's parts apart: (found, nodes kept float, 16-bit tensors).
+
+    Where the target can run float (a CPU), the Concat and the shape-only ops after it stay float, so
+    each part is dequantized from its own INT8 scale (class scores keep 1/255 steps). An integer-only
+    NPU (fallback uint16) cannot: the Concat, its inputs and the ops after it go to 16-bit, a 256x finer
+    step on the shared scale (a 0..320 box range gives 0.005-score steps instead of 1.25)."""
+    found = find_concat_parts(model, observed_ranges(model, feeds), ratio)
+    floats: dict[str, str] = {}
+    wide: dict[str, str] = {}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    by_name = {n.name: n for n in model.graph.node}
+    for rec in found:
+        why = f"concatenates parts {rec['ratio']:.0f}x apart in range into output {rec['output']}"
+        if fallback == "uint16":
+            node = producers[rec["concat_output"]]
+            tensors = [*node.input, node.output[0]] + [by_name[n].output[0] for n in rec["between"] if n in by_name]
+            wide.update(dict.fromkeys((t for t in tensors if t), "uint16"))
+            rec["kept_as"] = "uint16"
+        else:
+            for name in [rec["concat"], *rec["between"]]:
+                floats[name] = why
+            rec["kept_as"] = "float"
+    return found, floats, wide
+
+
+def keep_parts_apart(
+    prepped: Path, feeds: list[dict[str, np.ndarray]], fallback: str, label: str
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+    """shared_scale_plan on the file about to be quantized, naming its nodes first when a Concat is found
+    (exclusions address nodes by name); the file is rewritten only then. Says what it keeps apart."""
+    with internal_step("static INT8: ranges of concatenated outputs", prepped):
+        model = onnx.load(str(prepped))
+        fallback = "uint16" if fallback == "uint16" else "float"
+        found, floats, wide = shared_scale_plan(model, feeds, fallback)
+        if found and name_unnamed_nodes(model):
+            onnx.save(model, str(prepped))
+            found, floats, wide = shared_scale_plan(model, feeds, fallback)
+    for rec in found:
+        small = [i["tensor"] for i in rec["inputs"] if i["small"]]
+        log.info(
+            f"[{label}] output {rec['output']} concatenates ranges {rec['ratio']:.0f}x apart ({', '.join(small)} "
+            f"small): its Concat {'stays float' if rec['kept_as'] == 'float' else 'goes to 16-bit'}"
+        )
+    return found, floats, wide

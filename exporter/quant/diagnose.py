@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from exporter.quant.concat_parts import find_concat_parts, observed_ranges
 from exporter.quant.qdq_graph import float_compute_nodes
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -94,6 +95,32 @@ def precision_mismatches(model: onnx.ModelProto) -> list[dict]:
     return found
 
 
+def shared_scales(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[dict]:
+    """Outputs that concatenate far-apart ranges (exporter.quant.concat_parts), with the INT8 step the file
+    gives the Concat's output when one QuantizeLinear covers it: the small part's values in steps of it."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    found = []
+    for rec in find_concat_parts(model, observed_ranges(model, [feed])):
+        q = next((c for c in consumers[rec["concat_output"]] if c.op_type == "QuantizeLinear"), None)
+        scale = inits.get(q.input[1]) if q is not None else None
+        small = max(max(abs(i["min"]), abs(i["max"])) for i in rec["inputs"] if i["small"])
+        found.append(
+            {
+                "output": rec["output"],
+                "concat": rec["concat"],
+                "ratio": round(rec["ratio"], 1),
+                "small_parts": [i["tensor"] for i in rec["inputs"] if i["small"]],
+                "shared_step": None if scale is None else float(np.max(scale)),
+                "small_part_steps": None if scale is None else round(small / float(np.max(scale)), 1),
+            }
+        )
+    return found
+
+
 def op_times(path: Path, feed: dict[str, np.ndarray], runs: int = 20) -> dict[str, float]:
     """Milliseconds per run by op type, from onnxruntime's profiler on one thread."""
     so = ort.SessionOptions()
@@ -130,6 +157,7 @@ def diagnose(path: Path, feed: dict[str, np.ndarray], fp32: Path | None = None) 
             **unfused(optimized),
         },
         "precision_mismatches": precision_mismatches(source),
+        "concatenated_outputs": shared_scales(source, feed),
         "time_ms_by_op_type": op_times(path, feed),
     }
     if fp32 is not None:
@@ -164,6 +192,15 @@ def findings(report: dict) -> list[str]:
             f"{after['weights_dequantized_at_run_time']} weight(s) are dequantized at run time (their consumer "
             "was not fused: usually its activation input is float), costing time instead of saving it"
         )
+    for c in report.get("concatenated_outputs") or []:
+        if c["shared_step"] is None:
+            out.append(f"output '{c['output']}' concatenates ranges {c['ratio']:g}x apart; its Concat is not quantized")
+        else:
+            out.append(
+                f"output '{c['output']}' concatenates ranges {c['ratio']:g}x apart under one INT8 step of "
+                f"{c['shared_step']:.3g}: {', '.join(c['small_parts'])} keep only {c['small_part_steps']:g} steps "
+                "(class scores of a YOLO head round to 0 or 1); edgex quantize keeps such parts apart"
+            )
     for m in report["precision_mismatches"][:5]:
         out.append(f"tensor '{m['tensor']}' is requantized from {m['from']} to {m['to']}")
     if report.get("kernel_time_ratio_vs_fp32"):

@@ -77,3 +77,17 @@ def _rename(field, names: list[str]) -> None:
     if list(field) != names:
         del field[:]
         field.extend(names)
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed node a unique name (op type + index); returns how many were named."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_edgex_{i}"
+            while name in taken:
+                name += "_"
+            node.name, named = name, named + 1
+            taken.add(name)
+    return named

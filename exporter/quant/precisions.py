@@ -227,6 +227,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "search": q.search,
             "speed_guard": q.speed_guard,
             "graph_rewrites": q.graph_rewrites,  # FP32 rewrites for an integer-only NPU, each with parity
+            "concat_parts": q.concat_parts,  # outputs concatenating far-apart ranges, and how they were kept apart
             "activations": _activations(q),
         }
     )
