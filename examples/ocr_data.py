@@ -69,26 +69,34 @@ def normalise(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((bgr / 255.0 - 0.5) / 0.5).transpose(2, 0, 1))
 
 
+MAX_LINES = 14
+
+
 def page(rng: np.random.Generator, pool: tuple[str, ...], size: int = DET_SIZE):
-    """A light page with up to 14 lines of dark text at several sizes, rendered at 2x and downscaled."""
+    """A light page with up to 14 lines of dark text at several sizes, rendered at 2x and downscaled;
+    and each line's ink box (x0, y0, x1, y1) in the page's pixels, the text detector's ground truth."""
     from PIL import Image, ImageDraw
 
     big = size * 2
     img = Image.new("RGB", (big, big), _light(rng))
     draw = ImageDraw.Draw(img)
     y = int(rng.integers(4, big // 8))
-    for _ in range(int(rng.integers(5, 15))):
+    boxes = []
+    for _ in range(int(rng.integers(5, MAX_LINES + 1))):
         font_size = int(rng.choice([20, 24, 28, 36, 48]))
         font = _font(font_size)
         text = _phrase(rng, pool, int(rng.integers(1, 7)))
         width = draw.textlength(text, font=font)
         x = int(rng.integers(0, max(1, int(big - width)))) if width < big else 0
         draw.text((x, y), text, fill=_dark(rng), font=font)
+        x0, _, x1, _ = draw.textbbox((x, y), text, font=font)
+        ascent, descent = font.getmetrics()  # the line box a labeller draws: full ascent to descent
+        boxes.append([max(x0, 0) / 2, y / 2, min(x1, big) / 2, min(y + ascent + descent, big) / 2])
         y += int(font_size * rng.uniform(1.2, 2.2))
         if y > big - font_size:
             break
     img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return _noisy(img, rng, 3.0)
+    return _noisy(img, rng, 3.0), np.asarray(boxes, np.float32)
 
 
 def line(rng: np.random.Generator, pool: tuple[str, ...], max_words: int = 5):
@@ -119,11 +127,16 @@ def _seed(split: str, kind: str) -> int:
     return {"calibration": 0, "evaluation": 1}[split] * 100 + {"det": 1, "rec": 2, "cls": 3}[kind]
 
 
-def det(split: str, n: int | None = None, size: int = DET_SIZE) -> np.ndarray:
-    """[n, 3, size, size] pages."""
+def det(split: str, n: int | None = None, size: int = DET_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """[n, 3, size, size] pages and [n, MAX_LINES, 4] line boxes in pixels (all-NaN rows pad)."""
     rng = np.random.default_rng(_seed(split, "det"))
     pool = words(split)
-    return np.stack([normalise(np.asarray(page(rng, pool, size))) for _ in range(n or SAMPLES[split])])
+    images, labels = [], np.full((n or SAMPLES[split], MAX_LINES, 4), np.nan, np.float32)
+    for i in range(len(labels)):
+        img, boxes = page(rng, pool, size)
+        images.append(normalise(np.asarray(img)))
+        labels[i, : len(boxes)] = boxes
+    return np.stack(images), labels
 
 
 def rec(split: str, n: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -155,11 +168,12 @@ def cls(split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def det_calibration() -> dict[str, np.ndarray]:
-    return {"x": det("calibration")}
+    return {"x": det("calibration")[0]}
 
 
 def det_evaluation() -> dict[str, np.ndarray]:
-    return {"x": det("evaluation")}
+    x, boxes = det("evaluation")
+    return {"x": x, "labels": boxes}
 
 
 def rec_calibration() -> dict[str, np.ndarray]:

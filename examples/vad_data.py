@@ -118,8 +118,3 @@ def calibration() -> dict[str, np.ndarray]:
 def evaluation() -> dict[str, np.ndarray]:
     x, labels = sequences("evaluation")
     return {"input": x, "labels": labels}
-
-
-def decision_agreement(output: np.ndarray, labels: np.ndarray | None, reference: np.ndarray) -> float:
-    """Share of chunks whose speech decision (probability > 0.5) is the FP32 model's: what the app acts on."""
-    return float(np.mean((output.reshape(-1) > 0.5) == (reference.reshape(-1) > 0.5)))

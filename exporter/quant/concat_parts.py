@@ -152,12 +152,20 @@ def observed_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) 
     names = sorted({t for node in _output_concats(model) for t in node.input if t})
     if not names or not feeds:
         return {}
+    # Only float tensors have a quantization scale (a Concat of int64 shapes may feed an output too).
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.output, *inferred.input]}
+    types.update({t.name: t.data_type for t in inferred.initializer})
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    names = [n for n in names if types.get(n) in floats]
+    if not names:
+        return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
     for name in names:
         if name not in have:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            probe.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
     lo = dict.fromkeys(names, math.inf)
     hi = dict.fromkeys(names, -math.inf)
     with tempfile.TemporaryDirectory(prefix="edgex-concat-") as tmp:
@@ -181,7 +189,10 @@ def shared_scale_plan(
     each part is dequantized from its own INT8 scale (class scores keep 1/255 steps). An integer-only
     NPU (fallback uint16) cannot: the Concat, its inputs and the ops after it go to 16-bit, a 256x finer
     step on the shared scale (a 0..320 box range gives 0.005-score steps instead of 1.25)."""
-    found = find_concat_parts(model, observed_ranges(model, feeds), ratio)
+    ranges = observed_ranges(model, feeds)
+    if not ranges:  # no output comes from a Concat: nothing to keep apart (and no shape inference to pay for)
+        return [], {}, {}
+    found = find_concat_parts(model, ranges, ratio)
     floats: dict[str, str] = {}
     wide: dict[str, str] = {}
     producers = {out: node for node in model.graph.node for out in node.output}
