@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean ssh-client
+.PHONY: demo test lint format clean ssh-client espeak
 
 $(BIN)/python:
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 2; }
@@ -32,7 +32,12 @@ ssh-client:
 	@command -v ssh >/dev/null || { echo "Installing the OpenSSH client (apt-get) for the ssh runner's tests..."; \
 	  apt-get update -qq && apt-get install -y -qq openssh-client >/dev/null; }
 
-test: lint ssh-client
+# The VAD example speaks English test sentences with espeak-ng (Debian's espeak-ng).
+espeak:
+	@command -v espeak-ng >/dev/null || { echo "Installing espeak-ng (apt-get) for the VAD example's speech..."; \
+	  apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+
+test: lint ssh-client espeak
 	$(BIN)/python -m pytest -q --durations=15
 
 format: $(STAMP)

@@ -37,7 +37,6 @@ from exporter.measure import evaluate_outputs, time_interleaved  # noqa: E402
 from exporter.pipeline import build_profile, prepare  # noqa: E402
 from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.pipeline.context import query_feed  # noqa: E402
-from exporter.quant.calibration import batches  # noqa: E402
 from exporter.recipe import BenchSection  # noqa: E402
 from exporter.targets import get_target  # noqa: E402
 from exporter.versions import host_facts, tool_versions  # noqa: E402
@@ -71,7 +70,9 @@ def _variant_row(v: dict) -> dict:
         "activations": v["produced_by"].get("activations"),
         "kept": len(((v["produced_by"].get("search") or {}).get("kept_out_of_int8")) or []),
         "concat_parts": [c["kept_as"] for c in v["produced_by"].get("concat_parts") or []],
-        "npu": {k: npu.get(k) for k in ("value", "drop", "samples", "available") if k in npu} or None,
+        "npu": {k: npu.get(k) for k in ("metric", "baseline_metric", "drop", "samples", "available") if k in npu}
+        or None,
+        "missed": [x["budget"] for x in v["verdicts"] if x["ok"] is False],
     }
 
 
@@ -114,7 +115,7 @@ def _cpu_side_by_side(ctx, profile, stage: Path, cache: dict, rows: dict, shippe
     peer_path = stage / "ort-default.onnx"
     peer: dict = {"name": "onnxruntime quantize_static defaults"}
     try:
-        peer_ort_default(src, peer_path, batches(calib.inputs, ctx.inputs[0].shape[0]))
+        peer_ort_default(src, peer_path, calib.feeds(ctx.inputs[0].shape[0]))  # states and constants fed too
         peer["value"], peer["extras"] = _metric(ctx, peer_path, "deployed")
         peer["drop"] = ctx.baseline_metric - peer["value"]
     except Exception as exc:  # noqa: BLE001 - a peer that fails is a row saying so
@@ -141,6 +142,10 @@ def _cell(row: dict | None, metric: str) -> str:
     return f"{row['value']:.4f} (drop {row['drop']:+.4f})"
 
 
+def _missed(row: dict) -> str:
+    return f"; missed {', '.join(row['missed'])}" if row.get("missed") else ""
+
+
 def write(results: list[dict], out: Path, seconds: float, command: str) -> None:
     host = host_facts()
     lines = [
@@ -165,7 +170,9 @@ def write(results: list[dict], out: Path, seconds: float, command: str) -> None:
         for pid, entry in res["profiles"].items():
             shipped = next(v for v in entry["variants"] if v["name"] == entry["deliverable"])
             npu = shipped.get("npu") or {}
-            htp = f"{npu['value']:.4f} on {npu['samples']}" if npu.get("value") is not None else "—"
+            htp = "—"
+            if npu.get("metric") is not None:
+                htp = f"{npu['metric']:.4f} (FP32 {npu['baseline_metric']:.4f}) on {npu['samples']}"
             speed = entry.get("speed", {})
             edgex_speed = speed.get(f"edgex {entry['deliverable']}", speed.get("FP32"))
             sp = "—"
@@ -178,7 +185,7 @@ def write(results: list[dict], out: Path, seconds: float, command: str) -> None:
                 what += f", concat kept {'/'.join(shipped['concat_parts'])}"
             lines.append(
                 f"| {res['scenario']} | {res['metric']} | {res['baseline_metric']:.4f} | {pid} | {what} | "
-                f"{_cell(shipped, res['metric'])}{'' if shipped['ok'] else ' MISSED'} | {htp} | "
+                f"{_cell(shipped, res['metric'])}{_missed(shipped)} | {htp} | "
                 f"{_cell(entry.get('peer'), res['metric']) if pid == PROFILES[0] else '—'} | {sp} |"
             )
     lines += ["", "Every variant each build tried, with its further values:", ""]
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = args.out.resolve()
     here = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="edgex-real-") as tmp, log.stdout_to_stderr():
+    # libraries' INFO logs (onnx_ir passes, onnxruntime's QNN notices) stay out, as in the CLI
+    with tempfile.TemporaryDirectory(prefix="edgex-real-") as tmp, log.stdout_to_stderr(), log.quiet_libraries():
         os.chdir(tmp)
         try:
             results = [scenario(n, Path(tmp)) for n in names]

@@ -1,15 +1,20 @@
-"""Audio for the Silero VAD example, synthesised here so the data need no download.
+"""Audio for the Silero VAD example, made here so the data need no download.
 
-16 kHz mono streams in which speech-like segments (a glottal pulse train with a wandering pitch,
-shaped by three formant resonators that move every syllable, with fricative noise between
-syllables) alternate with silence, room noise and non-speech noise bursts, at known places.
+16 kHz mono streams in which English sentences spoken by espeak-ng (several voices, rates and
+pitches; the sentences from Python's own docs, topic-disjoint between calibration and evaluation)
+alternate with silence, room noise and non-speech noise bursts, at known places. espeak-ng is a
+system package: `make test` and `make demo` install it (apt-get), and its absence is an error.
 Each stream is cut as silero-vad's own OnnxWrapper cuts it: chunks of 512 samples, each fed
 with the previous chunk's last 64 samples in front (the model's `input` is [1, 576]); the
 recurrent `state` and the sample rate `sr` are not data: the recipe declares them. Labels are
-1 for a chunk that is mostly speech, else 0. Seeded: the same arrays on every machine.
+1 for a chunk that is mostly speech (from the first to the last loud sample of a sentence), else
+0. Seeded, and espeak-ng is deterministic: the same arrays on every machine with its version.
 """
 
 from __future__ import annotations
+
+import re
+from functools import lru_cache
 
 import numpy as np
 
@@ -17,51 +22,48 @@ RATE = 16_000
 CHUNK = 512
 CONTEXT = 64
 SEQUENCES = {"calibration": 4, "evaluation": 4}
-CHUNKS = 64  # per sequence: 2.05 s of audio
+CHUNKS = 128  # per sequence: 4.1 s of audio
 
 
-def _resonator(freq: float, bandwidth: float) -> tuple[np.ndarray, np.ndarray]:
-    """A two-pole formant filter (b, a) at `freq` Hz with `bandwidth` Hz."""
-    r = np.exp(-np.pi * bandwidth / RATE)
-    theta = 2 * np.pi * freq / RATE
-    return np.array([1.0 - r]), np.array([1.0, -2 * r * np.cos(theta), r * r])
+VOICES = ("en-us", "en", "en-us+f3", "en+m3", "en-us+f2", "en+m7")
 
 
-def _syllable(rng: np.random.Generator, n: int) -> np.ndarray:
-    """One voiced syllable of n samples: pulses at a drifting pitch through three formants, faded in and out."""
-    from scipy.signal import lfilter
+@lru_cache(maxsize=2)
+def sentences(split: str) -> tuple[str, ...]:
+    """Plain English sentences of 4-14 words from Python's docs; even topics calibrate, odd evaluate."""
+    from pydoc_data.topics import topics
 
-    f0 = rng.uniform(95, 230) * (1 + 0.08 * np.sin(np.linspace(0, rng.uniform(1, 3) * np.pi, n)))
-    phase = np.cumsum(f0 / RATE)
-    pulses = np.diff(np.floor(phase), prepend=0.0) + 0.02 * rng.standard_normal(n)
-    voice = np.zeros(n)
-    for lo, hi, bw in ((300, 850, 90), (850, 2300, 120), (2300, 3200, 180)):
-        b, a = _resonator(rng.uniform(lo, hi), bw)
-        voice += lfilter(b, a, pulses) * rng.uniform(0.5, 1.0)
-    envelope = np.sin(np.linspace(0, np.pi, n)) ** 0.6
-    return voice * envelope / (np.abs(voice).max() + 1e-9)
-
-
-def _fricative(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Unvoiced consonant: high-passed noise with a short envelope."""
-    from scipy.signal import lfilter
-
-    noise = lfilter([1.0, -0.95], [1.0], rng.standard_normal(n))
-    return 0.25 * noise * np.hanning(n) / (np.abs(noise).max() + 1e-9)
+    keys = sorted(topics)[{"calibration": 0, "evaluation": 1}[split] :: 2]
+    found = []
+    for key in keys:
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(topics[key].split())):
+            words = sentence.split()
+            if 4 <= len(words) <= 14 and re.fullmatch(r"[A-Za-z ,.'-]+", sentence):
+                found.append(sentence)
+    return tuple(found)
 
 
-def _utterance(rng: np.random.Generator, n: int) -> np.ndarray:
-    out = np.zeros(n)
-    pos = 0
-    while pos < n:
-        length = min(n - pos, int(rng.uniform(0.12, 0.28) * RATE))
-        out[pos : pos + length] += _syllable(rng, length)
-        pos += length
-        gap = min(n - pos, int(rng.uniform(0.01, 0.06) * RATE))
-        if gap > 16 and rng.random() < 0.5:
-            out[pos : pos + gap] += _fricative(rng, gap)
-        pos += gap
-    return out
+def speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+    """espeak-ng's English speech for `text` at 16 kHz, float in [-1, 1], leading/trailing silence cut."""
+    import shutil
+    import subprocess
+    import tempfile
+    import wave
+
+    from scipy.signal import resample_poly
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed: `make test` installs it, or run: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory(prefix="edgex-speech-") as tmp:
+        path = f"{tmp}/s.wav"
+        args = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", path, text]
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
+        with wave.open(path, "rb") as w:
+            rate = w.getframerate()
+            x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768.0
+    x = resample_poly(x, RATE, rate) if rate != RATE else x
+    loud = np.flatnonzero(np.abs(x) > 0.02)
+    return x[loud[0] : loud[-1] + 1] if loud.size else x[:0]
 
 
 def _burst(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -70,20 +72,27 @@ def _burst(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.uniform(0.1, 0.4) * rng.standard_normal(n) * decay
 
 
-def stream(rng: np.random.Generator, chunks: int = CHUNKS) -> tuple[np.ndarray, np.ndarray]:
-    """A float32 signal of `chunks` * 512 samples in [-1, 1] and its per-sample truth (1 = speech)."""
+def stream(rng: np.random.Generator, split: str, chunks: int = CHUNKS) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 signal of `chunks` * 512 samples in [-1, 1] and its per-sample truth (1 = speech):
+    espeak-ng sentences in several voices, rates and pitches, between silences and noise bursts."""
     n = chunks * CHUNK
     signal = np.zeros(n)
     truth = np.zeros(n, dtype=np.int8)
+    pool = sentences(split)
     pos = int(rng.uniform(0.1, 0.4) * RATE)
     while pos < n:
-        length = min(n - pos, int(rng.uniform(0.4, 0.9) * RATE))
         if rng.random() < 0.75:
-            signal[pos : pos + length] += rng.uniform(0.2, 0.7) * _utterance(rng, length)
-            truth[pos : pos + length] = 1
+            text = pool[int(rng.integers(len(pool)))]
+            voice = VOICES[int(rng.integers(len(VOICES)))]
+            speech = speak(text, voice, int(rng.integers(130, 200)), int(rng.integers(25, 75)))
+            speech = speech[: n - pos] / (np.abs(speech).max() + 1e-9)
+            signal[pos : pos + len(speech)] += rng.uniform(0.2, 0.7) * speech
+            truth[pos : pos + len(speech)] = 1
+            length = len(speech)
         else:
+            length = min(n - pos, int(rng.uniform(0.3, 0.8) * RATE))
             signal[pos : pos + length] += _burst(rng, length)
-        pos += length + int(rng.uniform(0.2, 0.6) * RATE)
+        pos += length + int(rng.uniform(0.3, 0.8) * RATE)
     noise_level = rng.uniform(0.002, 0.02)
     signal += noise_level * rng.standard_normal(n)
     return np.clip(signal, -1, 1).astype(np.float32), truth
@@ -101,7 +110,7 @@ def sequences(split: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng({"calibration": 10, "evaluation": 11}[split])
     inputs, labels = [], []
     for _ in range(SEQUENCES[split]):
-        signal, truth = stream(rng)
+        signal, truth = stream(rng, split)
         inputs.append(chunked(signal))
         labels.append((truth.reshape(-1, CHUNK).mean(axis=1) > 0.5).astype(np.int64))
     return np.stack(inputs), np.stack(labels)
