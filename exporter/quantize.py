@@ -196,6 +196,7 @@ def quantize_int8(
                 "met": result.met,
                 "drop": round(result.drop, 6),
                 "kept_out_of_int8": result.kept,
+                "op_types": result.op_types,  # only these quantized (the rest float), when per-tensor steps missed
                 "steps": result.steps,
                 "evaluated_on": "evaluation set"
                 + (f" ({settings.search.samples}-sample subset)" if settings.search.samples else ""),

@@ -288,6 +288,11 @@ def _quantization_lines(prof: dict) -> list[str]:
             "|---|---|---|---|",
         ]
         lines += [f"| {s['step']} | {s['kept']} | {s['drop']:.4f} | {_fmt(s['ok'])} |" for s in search["steps"]]
+        if search.get("op_types"):
+            lines.append(
+                f"- only {', '.join(search['op_types'])} quantized, every other op type float: no per-tensor step met "
+                "the budget"
+            )
         for k in search["kept_out_of_int8"]:
             if k["tensor"] == "*":
                 lines.append("- every activation 16-bit, weights 8-bit (A16W8): no per-tensor step met the budget")
