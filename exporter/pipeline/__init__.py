@@ -196,6 +196,10 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
         shapes,
         feeding,
         context_binary=binary_entry,
+        # the output's layout, whichever variant ships: found when the INT8 variant was quantized
+        concat_parts=next(
+            (v["produced_by"]["concat_parts"] for v in variants if v["produced_by"].get("concat_parts")), None
+        ),
     )
     return {
         "id": profile.id,
