@@ -135,3 +135,19 @@ def test_edgex_int8_keeps_the_parts_apart(head, tmp_path, target):
     got = make_session(out, 1, "simulated").run(None, {"images": images})[0]
     verdict = detection(got, None, fp32)
     assert verdict["class_score_error"] <= 0.02 and verdict["map50"] >= 0.95, verdict
+
+
+def test_unnamed_nodes_are_named_before_the_concat_is_kept_float(head, tmp_path):
+    """Exclusions address nodes by name: a file exported without node names gets them first."""
+    path, data, images, fp32 = head
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.name = ""
+    unnamed = tmp_path / "unnamed.onnx"
+    onnx.save(model, str(unnamed))
+    out = tmp_path / "q.onnx"
+    settings = QuantizeSection(calibration_samples=32, search=SearchSettings(enabled=False))
+    res = quantize_int8(unnamed, out, data, settings, get_target("cpu").quantization, 1, 0)
+    (rec,) = res.concat_parts
+    assert rec["concat"].startswith("Concat_edgex_") and rec["concat"] in res.excluded_nodes
+    assert _scores_error(out, images, fp32) < 0.1

@@ -181,7 +181,7 @@ def observed_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) 
 
 
 def shared_scale_plan(
-    model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], fallback: str, ratio: float = 10.0
+    model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], fallback: str, ratio: float = 10.0
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
     """How the quantizer keeps each mismatched Concat's parts apart: (found, nodes kept float, 16-bit tensors).
 
@@ -189,7 +189,6 @@ def shared_scale_plan(
     each part is dequantized from its own INT8 scale (class scores keep 1/255 steps). An integer-only
     NPU (fallback uint16) cannot: the Concat, its inputs and the ops after it go to 16-bit, a 256x finer
     step on the shared scale (a 0..320 box range gives 0.005-score steps instead of 1.25)."""
-    ranges = observed_ranges(model, feeds)
     if not ranges:  # no output comes from a Concat: nothing to keep apart (and no shape inference to pay for)
         return [], {}, {}
     found = find_concat_parts(model, ranges, ratio)
@@ -215,14 +214,16 @@ def keep_parts_apart(
     prepped: Path, feeds: list[dict[str, np.ndarray]], fallback: str, label: str
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
     """shared_scale_plan on the file about to be quantized, naming its nodes first when a Concat is found
-    (exclusions address nodes by name); the file is rewritten only then. Says what it keeps apart."""
+    (exclusions address nodes by name); the file is rewritten only then, and probed once (naming nodes
+    changes no tensor, so the ranges stay). Says what it keeps apart."""
     with internal_step("static INT8: ranges of concatenated outputs", prepped):
         model = onnx.load(str(prepped))
         fallback = "uint16" if fallback == "uint16" else "float"
-        found, floats, wide = shared_scale_plan(model, feeds, fallback)
+        ranges = observed_ranges(model, feeds)
+        found, floats, wide = shared_scale_plan(model, ranges, fallback)
         if found and name_unnamed_nodes(model):
             onnx.save(model, str(prepped))
-            found, floats, wide = shared_scale_plan(model, feeds, fallback)
+            found, floats, wide = shared_scale_plan(model, ranges, fallback)
     for rec in found:
         small = [i["tensor"] for i in rec["inputs"] if i["small"]]
         log.info(
