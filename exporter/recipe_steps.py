@@ -32,9 +32,13 @@ class PruneStep(Strict):
     heads, FFN neurons and layers (BERT-style encoders), so the model stays dense."""
 
     goal: PruneGoal
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation"] | None = Field(
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation", "fisher"] | None = Field(
         default=None,
-        description="null: l2 for CNNs, activation for transformers. taylor/bn_scale: CNNs; activation: transformers.",
+        description=(
+            "null: l2 for CNNs, activation for transformers. taylor/bn_scale: CNNs; activation: transformers; "
+            "fisher: transformers, heads and neurons scored by the Fisher information of their masks and "
+            "allocated across layers under the goal (layers keep different counts)."
+        ),
     )
     scope: Literal["global", "per_layer"] = Field(
         default="per_layer", description="Rank channels across the whole model or within each layer."
@@ -48,7 +52,9 @@ class PruneStep(Strict):
     )
     max_layer_ratio: float = Field(default=0.8, gt=0, lt=1, description="Never remove more of one layer than this.")
     heads: bool = Field(default=True, description="Transformers: prune attention heads.")
-    ffn: bool = Field(default=True, description="Transformers: prune feed-forward neurons (same count per layer).")
+    ffn: bool = Field(
+        default=True, description="Transformers: prune feed-forward neurons (same count per layer unless fisher)."
+    )
     drop_layers: list[int] = Field(default_factory=list, description="Transformers: encoder layers removed whole.")
     reconstruct: bool = Field(
         default=True,

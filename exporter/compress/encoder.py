@@ -5,8 +5,9 @@ weights and applied with transformers' own tools (`prune_heads`, `prune_linear_l
 result is an ordinary smaller model: `save_pretrained` records the pruned heads and the new
 intermediate size in config.json, and it loads, exports through optimum and keeps its tokenizer
 like the original. The plan is plain data, stored in the manifest and replayable on the same
-architecture. Feed-forward neurons are pruned to the same count in every layer (config.json has
-one `intermediate_size`), rounded to the target's multiple.
+architecture. With the magnitude and activation criteria feed-forward neurons are pruned to the
+same count in every layer, rounded to the target's multiple; the Fisher criterion (fisher.py)
+lets layers keep different counts.
 """
 
 from __future__ import annotations
@@ -195,8 +196,9 @@ def apply_plan(bert, plan: dict) -> None:
         layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
         layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
     if plan["keep_ffn"]:
-        sizes = {len(v) for v in plan["keep_ffn"].values()}
-        bert.config.intermediate_size = sizes.pop()
+        # one number in config.json; a non-uniform plan's layers differ (the widest is recorded, and
+        # the saved folder pads the others with zero neurons: store.py)
+        bert.config.intermediate_size = max(len(v) for v in plan["keep_ffn"].values())
 
 
 def costs_of(bert, seq: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ def _save_hf(ctx, student, entry: Path, record: dict) -> None:
         save_file(tensors, str(entry / "lowrank.safetensors"))
         student = copy.deepcopy(student)
         merge(find_encoder(student))
+    sizes = ffn_sizes(find_encoder(student))
+    if len(set(sizes)) > 1:
+        (entry / "ffn_sizes.json").write_text(json.dumps(sizes), encoding="utf-8")
+        student = copy.deepcopy(student)
+        pad_ffn(find_encoder(student), max(sizes))
     inner = student.model
     target = entry / "model"
     if isinstance(inner, SentenceTransformer):  # modules.json, pooling, normalisation, tokenizer
@@ -117,14 +123,56 @@ def _restore_hf(ctx, entry: Path, record: dict):
     from exporter.hf.source import load_hf
 
     plan = lowrank_plan(record)
+    sizes_file = entry / "ffn_sizes.json"
+    sizes = json.loads(sizes_file.read_text(encoding="utf-8")) if sizes_file.is_file() else None
 
-    def refactor(model) -> None:
+    def rebuild(model) -> None:
         bert = find_encoder(model)
-        lowrank.replay(bert, plan)
-        bert.load_state_dict(load_file(str(entry / "lowrank.safetensors")), strict=True)
+        if sizes is not None:
+            unpad_ffn(bert, sizes)
+        if plan is not None:
+            lowrank.replay(bert, plan)
+            bert.load_state_dict(load_file(str(entry / "lowrank.safetensors")), strict=True)
 
     spec = ctx.loaded.recipe.model.model_copy(update={"folder": str(entry / "model"), "folder_from": None})
-    return load_hf(spec, ctx.loaded, transform=refactor if plan is not None else None)
+    return load_hf(spec, ctx.loaded, transform=rebuild if plan is not None or sizes is not None else None)
+
+
+def ffn_sizes(bert) -> list[int]:
+    return [layer.intermediate.dense.out_features for layer in bert.encoder.layer]
+
+
+def pad_ffn(bert, width: int) -> None:
+    """Widen every layer's feed-forward block to `width` with zero neurons, which change no output
+    (a zero row and bias give GELU(0) = 0, times a zero column): the saved folder then has the one
+    `intermediate_size` config.json can hold, and unpad_ffn cuts it back on load."""
+    import torch
+    from torch import nn
+
+    for layer in bert.encoder.layer:
+        w_in, w_out = layer.intermediate.dense, layer.output.dense
+        extra = width - w_in.out_features
+        if extra == 0:
+            continue
+        wide_in = nn.Linear(w_in.in_features, width)
+        wide_out = nn.Linear(width, w_out.out_features)
+        with torch.no_grad():
+            wide_in.weight.copy_(torch.cat([w_in.weight, w_in.weight.new_zeros(extra, w_in.in_features)]))
+            wide_in.bias.copy_(torch.cat([w_in.bias, w_in.bias.new_zeros(extra)]))
+            wide_out.weight.copy_(torch.cat([w_out.weight, w_out.weight.new_zeros(w_out.out_features, extra)], dim=1))
+            wide_out.bias.copy_(w_out.bias)
+        layer.intermediate.dense, layer.output.dense = wide_in, wide_out
+    bert.config.intermediate_size = width
+
+
+def unpad_ffn(bert, sizes: list[int]) -> None:
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    for layer, size in zip(bert.encoder.layer, sizes, strict=True):
+        index = torch.arange(size)
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
 
 
 _KINDS = {"torch": (_save_torch, _restore_torch), "hf": (_save_hf, _restore_hf)}

@@ -1,0 +1,144 @@
+"""Fisher-guided, non-uniform pruning of BERT-style encoders: the scores, the global allocation under
+the MAC goal, the zero padding that lets a non-uniform student be saved as one transformers folder,
+and a build that prunes with it and ships an ONNX file matching its PyTorch model."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hf_fixtures import build_compressed_bert, make_tiny_bert
+
+
+def _bert(tmp_path, layers: int = 3, heads: int = 4, ffn: int = 64):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=32,
+    )
+    return BertModel(config).eval()
+
+
+def _batches(n: int = 2, size: int = 4, seq: int = 12):
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randint(5, 50, (size, seq), generator=gen), torch.ones(size, seq, dtype=torch.int64)) for _ in range(n)
+    ]
+
+
+class _Pooled:
+    """The encoder called positionally, returning its mean-pooled output (what an embedding model gives)."""
+
+    def __new__(cls, bert):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, ids, mask):
+                return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state.mean(1)
+
+        return Wrapped().eval()
+
+
+def test_fisher_scores_rank_a_silenced_neuron_last(tmp_path):
+    import torch
+
+    from exporter.compress.fisher import fisher_scores
+
+    bert = _bert(tmp_path)
+    with torch.no_grad():  # neuron 7 of layer 1 and head 2 of layer 0 can change nothing downstream
+        bert.encoder.layer[1].output.dense.weight[:, 7] = 0
+        bert.encoder.layer[0].attention.output.dense.weight[:, 16:24] = 0
+    heads, neurons = fisher_scores(_Pooled(bert), bert, _batches(), probes=2)
+    assert [len(h) for h in heads] == [4, 4, 4] and [len(n) for n in neurons] == [64, 64, 64]
+    assert neurons[1][7] == 0 and min(n for i, n in enumerate(neurons[1]) if i != 7) > 0
+    assert heads[0][2] == 0 and min(heads[0][h] for h in (0, 1, 3)) > 0
+    # parameters were not touched and no gradient is left behind
+    assert all(p.grad is None for p in bert.parameters())
+
+
+def test_global_plan_meets_the_goal_non_uniformly(tmp_path):
+    from exporter.compress.encoder import apply_plan, costs_of
+    from exporter.compress.fisher import global_plan
+
+    bert = _bert(tmp_path)
+    seq = 12
+    # layer 0 matters most, layer 2 least: the allocation must follow
+    heads = [[9.0, 8.0, 7.0, 6.0], [3.0, 2.5, 2.0, 1.5], [0.3, 0.2, 0.1, 0.05]]
+    neurons = [[10.0 - j / 100 for j in range(64)], [1.0 - j / 1000 for j in range(64)], [0.01] * 64]
+    base = costs_of(bert, seq)[0]
+    plan = global_plan(bert, (heads, neurons), 0.5, 8, seq)
+    kept = [len(v) for v in plan["keep_ffn"].values()]
+    assert all(k % 8 == 0 and k >= 8 for k in kept)
+    assert kept[0] >= kept[1] >= kept[2] and kept[0] > kept[2]
+    assert all(len(v) < 4 for v in plan["prune_heads"].values())  # every layer keeps a head
+    assert len(plan["prune_heads"].get("2", [])) >= len(plan["prune_heads"].get("0", []))
+    apply_plan(bert, plan)
+    assert costs_of(bert, seq)[0] <= 0.5 * base
+    with pytest.raises(ValueError):
+        global_plan(_bert(tmp_path), (heads, neurons), 0.01, 8, seq)
+    # heads kept whole when told: only neurons compete
+    plan = global_plan(_bert(tmp_path), (heads, neurons), 0.7, 8, seq, heads_too=False)
+    assert plan["prune_heads"] == {}
+
+
+def test_zero_padding_changes_no_output(tmp_path):
+    import torch
+
+    from exporter.compress.encoder import apply_plan
+    from exporter.compress.store import ffn_sizes, pad_ffn, unpad_ffn
+
+    bert = _bert(tmp_path)
+    keep = {"0": list(range(0, 64, 2)), "1": list(range(8)), "2": list(range(40))}
+    apply_plan(bert, {"drop_layers": [], "prune_heads": {"1": [0, 3]}, "keep_ffn": keep})
+    sizes = ffn_sizes(bert)
+    assert sizes == [32, 8, 40] and bert.config.intermediate_size == 40
+    ids, mask = _batches(1)[0]
+    with torch.no_grad():
+        want = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        wide = copy.deepcopy(bert)
+        pad_ffn(wide, 40)
+        assert ffn_sizes(wide) == [40, 40, 40]
+        assert torch.equal(wide(input_ids=ids, attention_mask=mask).last_hidden_state, want)
+        unpad_ffn(wide, sizes)
+        assert ffn_sizes(wide) == sizes
+        assert torch.equal(wide(input_ids=ids, attention_mask=mask).last_hidden_state, want)
+
+
+def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
+    """A build with the fisher criterion: within the MAC goal, its student saved (padded when its
+    layers differ) and reloaded from the cache, exported by optimum and matching its PyTorch model
+    (the helper checks the ONNX against PyTorch); the refit's decision is recorded."""
+    make_tiny_bert(tmp_path / "model")
+    compress = [{"prune": {"goal": {"macs": 0.6}, "align": 8, "criterion": "fisher"}}]
+    _, _, v, record = build_compressed_bert(tmp_path, compress, tmp_path / "cache")
+    step = record["steps"][0]
+    assert step["criterion"] == "fisher" and step["plan"]["allocation"] == "fisher-global"
+    assert record["student"]["macs"] <= 0.6 * record["teacher"]["macs"]
+    assert all(len(k) % 8 == 0 for k in step["plan"]["keep_ffn"].values())
+    assert set(step["reconstruction"]) == {
+        "kept",
+        "held_out_cosine_before",
+        "held_out_cosine_after",
+        "fitted_on",
+        "judged_on",
+    }
+    sizes = [len(k) for k in step["plan"]["keep_ffn"].values()]
+    entry = next((tmp_path / "cache").rglob("record.json")).parent
+    assert (entry / "ffn_sizes.json").is_file() == (len(set(sizes)) > 1)
+    if len(set(sizes)) > 1:
+        assert json.loads((entry / "ffn_sizes.json").read_text()) == sizes
+    assert v["compressed"]["params"] < v["baseline"]["params"]
