@@ -6,6 +6,7 @@ from pathlib import Path
 
 from exporter.bench.affinity import describe
 from exporter.estimate_text import FORMULA
+from exporter.report_compression import chained_lines, compression_lines
 
 PLOT = "latency_vs_accuracy.png"
 
@@ -59,7 +60,7 @@ def write_report(
         f"![latency vs accuracy]({PLOT})",
         "",
     ]
-    lines += _compression_lines(metric, compression or {})
+    lines += compression_lines(metric, compression or {})
     for prof in profiles:
         failed = prof.get("failed_variants") or []
         missed = any(v["ok"] is False and v["budget"] != "failed_variants" for v in prof["verdicts"])
@@ -89,6 +90,7 @@ def write_report(
                 f"{v['metric']['value']:.4f} | {v['metric']['drop']:+.4f} | {v['macs']:,} | {_fmt(v['ok'])} |"
             )
         lines += _speed_lines(prof)
+        lines += chained_lines(prof, metric)
         lines += _failed_lines(failed)
         lines += [
             "",
@@ -315,77 +317,6 @@ def _quantization_lines(prof: dict) -> list[str]:
             lines.append(f"- {note}")
         if pb.get("excluded_nodes"):
             lines.append(f"- nodes kept in float: {', '.join(pb['excluded_nodes'])}")
-    return lines
-
-
-def _compression_lines(metric: str, compression: dict) -> list[str]:
-    """Each compression run: parameters, MACs and quality (PyTorch, evaluation set, against the
-    source model) before compression and after each step; latency is in the profile tables."""
-    lines: list[str] = []
-    for key, rec in compression.items():
-        used = [p for p in rec.get("profiles", [])]
-        cached = " (from the cache: no retraining)" if rec.get("cache", {}).get("hit") else ""
-        lines += [
-            f"## Compression `{key}`{cached}",
-            "",
-            f"Alignment: multiples of {rec['align']}"
-            + (f"; latency goal {rec['latency']}" if rec.get("latency") else "")
-            + (f"; profiles {', '.join(used)}" if used else "")
-            + f". MACs: {rec['teacher']['macs_basis']}. Quality in PyTorch on the evaluation set, against the "
-            "source model.",
-            "",
-            f"| stage | params | MACs | MACs vs source | {metric} | drop |",
-            "|---|---|---|---|---|---|",
-        ]
-        base = rec["teacher"]
-        rows = [("source model", base)] + [(f"after {s['step']}", s["after"]) for s in rec["steps"]]
-        for label, st in rows:
-            lines.append(
-                f"| {label} | {st['params']:,} | {st['macs']:,} | {st['macs'] / base['macs']:.3f} | "
-                f"{st['metric']:.4f} | {st['drop']:+.4f} |"
-            )
-        lines.append("")
-        for s in rec["steps"]:
-            if s["step"] == "prune":
-                goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())
-                reached = "reached" if s.get("reached_goal") else "**not reached**"
-                what = (
-                    f"{len(s['history'])} channel groups removed; protected: {', '.join(s['protected']) or 'none'}"
-                    if "history" in s
-                    else f"heads removed per layer {{{', '.join(f'{k}: {len(v)}' for k, v in s['plan']['prune_heads'].items())}}}, "
-                    f"FFN neurons kept per layer {len(next(iter(s['plan']['keep_ffn'].values()), []))}, "
-                    f"layers dropped {s['plan']['drop_layers'] or 'none'}"
-                )
-                refit = s.get("reconstruction_error")
-                if refit:
-                    worst = max(refit.values())
-                    what += f"; {len(refit)} output projections refitted by least squares (worst relative error {worst:.3f})"
-                lines.append(f"- prune ({s['engine']}, {s['criterion']}): goal {goal} {reached}; {what}.")
-            elif s["step"] == "lowrank":
-                plan = s["plan"]
-                ranks = ", ".join(f"{n} {e['rank']}" for n, e in plan["layers"].items())
-                goal = ", ".join(f"{k} {v}" for k, v in s["goal"].items())
-                lines.append(
-                    f"- lowrank ({s['criterion']}; {len(s['whitened'])} layers whitened by their inputs): goal {goal}, "
-                    f"retained energy {plan['energy']:.4f}; {len(plan['layers'])} layers factorised (rank multiple "
-                    f"{plan['align']}): {ranks or 'none'}; left dense (not cheaper at that energy): "
-                    f"{', '.join(s['kept_dense']) or 'none'}."
-                )
-            elif s["step"] == "student":
-                what = (
-                    f"teacher layers {s['kept_layers']} kept (layers {s['dropped_layers']} dropped)"
-                    if "kept_layers" in s
-                    else f"architecture from {s['factory']}"
-                )
-                lines.append(f"- student: {what}.")
-            else:
-                lines.append(
-                    f"- distill ({s['loss']} loss, labels from the {s['labels']}): {s['train_samples']} training / "
-                    f"{s['validation_samples']} validation samples, best epoch {s['best_epoch']} of "
-                    f"{len(s['history']) - 1}{' (early stop)' if s['stopped_early'] else ''}, {s['seconds']:.0f} s; "
-                    f"data sha256 {s['data_sha256'][:12]}."
-                )
-        lines.append("")
     return lines
 
 

@@ -8,7 +8,8 @@ import copy
 import json
 
 import pytest
-from hf_fixtures import build_compressed_bert, make_tiny_bert
+from conftest import build_compressed
+from hf_fixtures import make_tiny_bert, write_bert_project
 
 
 def _bert(tmp_path, layers: int = 3, heads: int = 4, ffn: int = 64):
@@ -119,12 +120,19 @@ def test_zero_padding_changes_no_output(tmp_path):
 
 
 def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
-    """A build with the fisher criterion: within the MAC goal, its student saved (padded when its
-    layers differ) and reloaded from the cache, exported by optimum and matching its PyTorch model
-    (the helper checks the ONNX against PyTorch); the refit's decision is recorded."""
+    """A build with the fisher criterion for a CPU board and a QNN car chip: within the MAC goal, its
+    student saved (padded when its layers differ) and reloaded from the cache, exported by optimum
+    and matching its PyTorch model (the helper checks the ONNX against PyTorch), quantized for both
+    (onnxruntime 1.32's MatMulAddFusion broke the QNN rewrites' probe session on a Fisher-pruned
+    MiniLM); the refit's decision is recorded."""
     make_tiny_bert(tmp_path / "model")
-    compress = [{"prune": {"goal": {"macs": 0.6}, "align": 8, "criterion": "fisher"}}]
-    _, _, v, record = build_compressed_bert(tmp_path, compress, tmp_path / "cache")
+    recipe = write_bert_project(
+        tmp_path,
+        {"folder": "model", "task": "sentence-embedding"},
+        compress=[{"prune": {"goal": {"macs": 0.6}, "align": 8, "criterion": "fisher"}}],
+        profiles=["raspberry-pi-5-cpu", "sa8295p-qnn"],
+    )
+    manifest, _, v, record = build_compressed(recipe, tmp_path / "cache")
     step = record["steps"][0]
     assert step["criterion"] == "fisher" and step["plan"]["allocation"] == "fisher-global"
     assert record["student"]["macs"] <= 0.6 * record["teacher"]["macs"]
@@ -142,3 +150,6 @@ def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
     if len(set(sizes)) > 1:
         assert json.loads((entry / "ffn_sizes.json").read_text()) == sizes
     assert v["compressed"]["params"] < v["baseline"]["params"]
+    for prof in manifest["profiles"]:
+        assert prof["failed_variants"] == [], (prof["id"], prof["failed_variants"])
+        assert any(x["name"] == "int8" for x in prof["variants"]), prof["id"]
