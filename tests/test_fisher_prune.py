@@ -123,8 +123,8 @@ def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
     """A build with the fisher criterion for a CPU board and a QNN car chip: within the MAC goal, its
     student saved (padded when its layers differ) and reloaded from the cache, exported by optimum
     and matching its PyTorch model (the helper checks the ONNX against PyTorch), quantized for both
-    (onnxruntime 1.32's MatMulAddFusion broke the QNN rewrites' probe session on a Fisher-pruned
-    MiniLM); the refit's decision is recorded."""
+    with no variant failing (layers with different head counts go through the QNN rewrites); the
+    refit's decision is recorded."""
     make_tiny_bert(tmp_path / "model")
     recipe = write_bert_project(
         tmp_path,
@@ -151,5 +151,5 @@ def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
         assert json.loads((entry / "ffn_sizes.json").read_text()) == sizes
     assert v["compressed"]["params"] < v["baseline"]["params"]
     for prof in manifest["profiles"]:
-        assert prof["failed_variants"] == [], (prof["id"], prof["failed_variants"])
+        assert not prof.get("failed_variants"), (prof["id"], prof.get("failed_variants"))
         assert any(x["name"] == "int8" for x in prof["variants"]), prof["id"]

@@ -77,7 +77,11 @@ def _fisher_plan(state: State, bert, step: PruneStep, seq: int) -> dict:
     for _ in range(14):
         mid = (lo + hi) / 2
         trial = copy.deepcopy(bert)
-        apply_plan(trial, global_plan(trial, scores, mid, state.align, seq, heads_too=step.heads, ffn_too=step.ffn))
+        try:
+            apply_plan(trial, global_plan(trial, scores, mid, state.align, seq, heads_too=step.heads, ffn_too=step.ffn))
+        except ValueError:  # below what one head and one block per layer cost: aim higher
+            lo = mid
+            continue
         if sum(p.numel() for p in trial.parameters()) <= step.goal.params * base:
             lo = mid
         else:
