@@ -96,6 +96,30 @@ def test_global_plan_meets_the_goal_non_uniformly(tmp_path):
     assert plan["prune_heads"] == {}
 
 
+def test_a_parameter_goal_finds_the_largest_fisher_plan_within_it(tmp_path):
+    """The parameter goal shares the bisection of the uniform plans; infeasible fractions (below one
+    head and one block per layer) count as too far, never as a plan."""
+    from exporter.compress.encoder import apply_plan
+    from exporter.compress.fisher import global_plan
+    from exporter.compress.prune import _fraction_for_params
+
+    heads = [[9.0, 8.0, 7.0, 6.0], [3.0, 2.5, 2.0, 1.5], [0.3, 0.2, 0.1, 0.05]]
+    neurons = [[10.0 - j / 100 for j in range(64)], [1.0 - j / 1000 for j in range(64)], [0.01] * 64]
+
+    def plan_at(model, removed):
+        return global_plan(model, (heads, neurons), 1 - removed, 8, 12)
+
+    bert = _bert(tmp_path)
+    base = sum(p.numel() for p in bert.parameters())
+    fraction = _fraction_for_params(bert, 0.8, 0.95, plan_at)
+    apply_plan(bert, plan_at(bert, fraction))
+    kept = sum(p.numel() for p in bert.parameters())
+    assert kept <= 0.8 * base
+    looser = _bert(tmp_path)  # pruning noticeably less breaks the goal: the search did not overshoot
+    apply_plan(looser, plan_at(looser, fraction - 0.05))
+    assert sum(p.numel() for p in looser.parameters()) > 0.8 * base
+
+
 def test_zero_padding_changes_no_output(tmp_path):
     import torch
 

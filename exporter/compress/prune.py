@@ -43,17 +43,22 @@ def _latency_check(state: State, where: str) -> Callable:
     return done
 
 
-def _fraction_for_params(bert, step: PruneStep, keep: float, align: int, scores) -> float:
-    """The pruning fraction that keeps `keep` of the encoder's parameters: the embedding table does
-    not shrink, so the search is on the encoder's own share (bisection over trial plans)."""
-    from exporter.compress.encoder import apply_plan, plan_pruning
+def _fraction_for_params(bert, keep: float, most: float, plan_at: Callable) -> float:
+    """The smallest pruning fraction (up to `most`) whose plan keeps at most `keep` of the encoder's
+    parameters: the embedding table does not shrink, so the search is on the encoder's own share
+    (bisection over trial plans; `plan_at(trial, fraction)` makes one, ValueError: infeasible there)."""
+    from exporter.compress.encoder import apply_plan
 
     base = sum(p.numel() for p in bert.parameters())
-    lo, hi = 0.0, step.max_layer_ratio
+    lo, hi = 0.0, most
     for _ in range(14):
         mid = (lo + hi) / 2
         trial = copy.deepcopy(bert)
-        apply_plan(trial, plan_pruning(trial, step, mid, align, scores))
+        try:
+            apply_plan(trial, plan_at(trial, mid))
+        except ValueError:  # below what one head and one block per layer cost: prune less
+            lo = mid
+            continue
         if sum(p.numel() for p in trial.parameters()) <= keep * base:
             hi = mid
         else:
@@ -64,43 +69,31 @@ def _fraction_for_params(bert, step: PruneStep, keep: float, align: int, scores)
 def _fisher_plan(state: State, bert, step: PruneStep, seq: int) -> dict:
     """Kwon et al.'s global allocation: heads and neurons scored by the Fisher information of their
     masks, chosen together under the MAC goal (a parameter goal: the MAC fraction whose plan keeps
-    that share of the encoder's parameters, by bisection)."""
-    from exporter.compress.encoder import apply_plan, find_encoder
+    that share of the encoder's parameters)."""
+    from exporter.compress.encoder import find_encoder
     from exporter.compress.fisher import fisher_scores, global_plan
 
     probe = copy.deepcopy(state.student)
     scores = fisher_scores(probe, find_encoder(probe), text_batches(state.ctx), seed=state.ctx.loaded.recipe.seed)
+
+    def plan_at(model, removed: float) -> dict:
+        return global_plan(model, scores, 1 - removed, state.align, seq, heads_too=step.heads, ffn_too=step.ffn)
+
     if step.goal.macs is not None:
         return global_plan(bert, scores, step.goal.macs, state.align, seq, heads_too=step.heads, ffn_too=step.ffn)
-    base = sum(p.numel() for p in bert.parameters())
-    lo, hi = 0.05, 1.0
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        trial = copy.deepcopy(bert)
-        try:
-            apply_plan(trial, global_plan(trial, scores, mid, state.align, seq, heads_too=step.heads, ffn_too=step.ffn))
-        except ValueError:  # below what one head and one block per layer cost: aim higher
-            lo = mid
-            continue
-        if sum(p.numel() for p in trial.parameters()) <= step.goal.params * base:
-            lo = mid
-        else:
-            hi = mid
-    return global_plan(bert, scores, lo, state.align, seq, heads_too=step.heads, ffn_too=step.ffn)
+    return plan_at(bert, _fraction_for_params(bert, step.goal.params, 0.95, plan_at))
 
 
 def _calibration_agreement(student, teacher, batches: list[tuple]) -> float:
     """Mean cosine between the student's and the teacher's outputs on the calibration batches."""
     import torch
 
+    from exporter.metrics import cosine
+
     with torch.no_grad():
-        sims = [
-            torch.nn.functional.cosine_similarity(
-                student(*b).flatten(1).double(), teacher(*b).flatten(1).double(), dim=1
-            )
-            for b in batches
-        ]
-    return float(torch.cat(sims).mean())
+        ours = torch.cat([student(*b) for b in batches]).numpy()
+        theirs = torch.cat([teacher(*b) for b in batches]).numpy()
+    return cosine(ours, None, theirs)
 
 
 @register_step(PruneStep)
@@ -232,7 +225,12 @@ class Prune(StepHandler):
             if step.goal.macs is not None:
                 fraction = fraction_for_macs(bert, step, step.goal.macs, state.align, seq, scores)
             else:
-                fraction = _fraction_for_params(bert, step, step.goal.params, state.align, scores)
+                fraction = _fraction_for_params(
+                    bert,
+                    step.goal.params,
+                    step.max_layer_ratio,
+                    lambda model, x: plan_pruning(model, step, x, state.align, scores),
+                )
             plan = plan_pruning(bert, step, fraction, state.align, scores)
         apply_plan(bert, plan)
         info = {"engine": "transformers prune_heads / prune_linear_layer", "criterion": criterion, "plan": plan}
