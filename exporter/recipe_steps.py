@@ -16,14 +16,20 @@ class PruneGoal(Strict):
 
     macs: float | None = Field(default=None, gt=0, lt=1, description="Keep at most this fraction of the MACs.")
     params: float | None = Field(default=None, gt=0, lt=1, description="Keep at most this fraction of parameters.")
-    latency: Literal["budget"] | None = Field(
+    latency: Literal["budget"] | float | None = Field(
         default=None,
-        description="'budget': prune per profile until onnxruntime meets the profile's latency budget on this host.",
+        description=(
+            "'budget': prune per profile until onnxruntime meets the profile's latency budget on this host "
+            "(PyTorch models). A fraction such as 0.64 (transformers, criterion fisher): keep at most this share "
+            "of the encoder's onnxruntime time, predicted by a head/neuron latency table timed on this host."
+        ),
     )
 
     @model_validator(mode="after")
     def _one_goal(self) -> PruneGoal:
         exactly_one(self, "macs", "params", "latency")
+        if isinstance(self.latency, float) and not 0 < self.latency < 1:
+            raise ValueError("latency: a fraction of the unpruned time must be between 0 and 1 (or 'budget')")
         return self
 
 

@@ -42,7 +42,7 @@ def compression_lines(metric: str, compression: dict) -> list[str]:
                     f"FFN neurons kept per layer {_ffn_kept(s['plan'])}, "
                     f"layers dropped {s['plan']['drop_layers'] or 'none'}"
                 )
-                what += _refit_text(s)
+                what += _refit_text(s) + _latency_text(s.get("plan", {}).get("latency_table"))
                 lines.append(f"- prune ({s['engine']}, {s['criterion']}): goal {goal} {reached}; {what}.")
             elif s["step"] == "lowrank":
                 plan = s["plan"]
@@ -77,6 +77,18 @@ def _ffn_kept(plan: dict) -> str:
     if not sizes:
         return "all"
     return str(sizes[0]) if len(set(sizes)) == 1 else str(sizes)
+
+
+def _latency_text(table: dict | None) -> str:
+    """The host-measured costs a latency goal was spent with (exporter/compress/latency_table.py)."""
+    if not table:
+        return ""
+    return (
+        f"; latency table (onnxruntime on this host, {table['threads']} thread, p50 of 4 exports timed side by "
+        f"side): fixed {table['fixed_ms']} ms + {table['head_ms']} ms per head + {table['neuron_ms']} ms per FFN "
+        f"neuron (worst fit error {100 * table['fit_error']:.1f}%), the plan predicted at "
+        f"{table['predicted_fraction']:.3f} of the unpruned time (a host figure; the speed-ups below are measured)"
+    )
 
 
 def _refit_text(step: dict) -> str:

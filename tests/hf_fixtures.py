@@ -23,7 +23,8 @@ def _vocab() -> list[str]:
     return SPECIAL + letters + common
 
 
-def make_tiny_bert(folder: Path, task: str = "embedding", num_labels: int = 3) -> Path:
+def make_tiny_bert(folder: Path, task: str = "embedding", num_labels: int = 3, **sizes) -> Path:
+    """`sizes`: BertConfig fields replacing the tiny defaults (a model big enough to time)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
@@ -40,6 +41,8 @@ def make_tiny_bert(folder: Path, task: str = "embedding", num_labels: int = 3) -
         max_position_embeddings=64,
         num_labels=num_labels,
     )
+    for key, value in sizes.items():
+        setattr(config, key, value)
     torch.manual_seed(0)
     model = BertForSequenceClassification(config) if task == "classification" else BertModel(config)
     model.eval()

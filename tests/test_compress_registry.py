@@ -77,7 +77,26 @@ def test_a_latency_goal_on_a_transformer_is_refused_by_the_prune_handler(tmp_pat
         handler_for(loaded.recipe.compress[0].settings).requires(
             ctx, loaded.recipe.compress[0].prune, "compress[0].prune"
         )
-    assert err.value.field == "compress[0].prune.goal"
+    assert err.value.field == "compress[0].prune.goal.latency"
+
+
+@pytest.mark.parametrize(
+    "kind,step,fix",
+    [
+        ("hf", {"goal": {"latency": 0.6}, "criterion": "activation"}, "criterion: fisher"),
+        ("torch", {"goal": {"latency": 0.6}}, "latency: budget"),
+    ],
+)
+def test_a_latency_fraction_needs_the_fisher_allocation(tmp_path, kind, step, fix):
+    """A latency fraction is spent through the head/neuron latency table: anything else is refused
+    with the field and the fix."""
+    loaded = _recipe(tmp_path, [{"prune": step}], kind)
+    ctx = types.SimpleNamespace(loaded=loaded, model=types.SimpleNamespace(kind=kind))
+    with pytest.raises(UsageError) as err:
+        handler_for(loaded.recipe.compress[0].settings).requires(
+            ctx, loaded.recipe.compress[0].prune, "compress[0].prune"
+        )
+    assert err.value.field == "compress[0].prune.goal.latency" and fix in err.value.fix
 
 
 def test_a_bad_step_combination_exits_2_with_one_line(tmp_path):

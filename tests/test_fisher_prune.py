@@ -177,3 +177,51 @@ def test_fisher_pruned_encoder_builds_saves_and_reloads(tmp_path):
     for prof in manifest["profiles"]:
         assert not prof.get("failed_variants"), (prof["id"], prof.get("failed_variants"))
         assert any(x["name"] == "int8" for x in prof["variants"]), prof["id"]
+
+
+def test_a_latency_goal_spends_time_not_macs(tmp_path):
+    """With heads priced at their measured time (dearer per MAC than neurons, as on MiniLM) the same
+    scores give a plan that removes more heads than the MAC plan, keeps within the time goal, and
+    the fixed time (embeddings, LayerNorms) counts against the goal."""
+    from exporter.compress.fisher import global_plan, unit_costs
+    from exporter.compress.latency_table import predict
+
+    seq = 12
+    heads = [[9.0, 8.0, 7.0, 6.0], [3.0, 2.5, 2.0, 1.5], [0.3, 0.2, 0.1, 0.05]]
+    neurons = [[10.0 - j / 100 for j in range(64)], [1.0 - j / 1000 for j in range(64)], [0.01] * 64]
+    head_macs, neuron_macs = unit_costs(_bert(tmp_path), seq)
+    # a head at 4x its MAC share of a neuron's time
+    table = {"fixed_ms": 1.0, "head_ms": 4 * head_macs / neuron_macs * 0.001, "neuron_ms": 0.001}
+    by_macs = global_plan(_bert(tmp_path), (heads, neurons), 0.6, 8, seq)
+    by_time = global_plan(_bert(tmp_path), (heads, neurons), 0.6, 8, seq, table=table)
+
+    def removed_heads(plan):
+        return sum(len(v) for v in plan["prune_heads"].values())
+
+    def time_of(plan):
+        kept_heads = 12 - removed_heads(plan)
+        return predict(table, kept_heads, sum(len(v) for v in plan["keep_ffn"].values()))
+
+    assert removed_heads(by_time) > removed_heads(by_macs)
+    assert time_of(by_time) <= 0.6 * predict(table, 12, 192) < time_of(by_macs)
+    with pytest.raises(ValueError, match="latency goal"):
+        global_plan(_bert(tmp_path), (heads, neurons), 0.05, 8, seq, table=table)
+
+
+def test_the_latency_table_is_fitted_on_real_timings(tmp_path):
+    """Four optimum exports of a BERT timed side by side in onnxruntime: removing heads or neurons
+    makes it measurably faster, and the fitted line predicts the four points it was fitted on."""
+    from exporter.compress.latency_table import latency_table
+    from exporter.pipeline import prepare
+
+    make_tiny_bert(
+        tmp_path / "model", hidden_size=256, num_attention_heads=8, intermediate_size=1024, max_position_embeddings=64
+    )
+    recipe = write_bert_project(tmp_path, {"folder": "model", "task": "sentence-embedding", "sequence_length": 64})
+    ctx = prepare(recipe, ["raspberry-pi-5-cpu"])
+    table = latency_table(ctx, ctx.model.module)
+    assert table["head_ms"] > 0 and table["neuron_ms"] > 0 and table["threads"] == 1
+    assert table["counts"]["half heads"] == {"heads": 8, "neurons": 2048}
+    assert table["fit_error"] < 0.25, table
+    measured = table["measured_p50_ms"]
+    assert measured["half both"] < measured["whole"]

@@ -33,10 +33,13 @@ def test_embedding_export_matches_pytorch_and_fuses_on_cpu_only(tiny_embedding_b
         assert base["produced_by"]["exporter"] == "optimum"
         assert base["metrics"]["cosine_min"] >= 0.9999  # FP32 ONNX vs FP32 PyTorch, every sentence
         assert base["produced_by"]["parity"]["ok"] is True
-    assert cpu["variants"][0]["produced_by"]["fused_ops"].get("Attention", 0) >= 1
+    # the CPU ships the faster of the fused and the plain graph, timed side by side, and says which
+    race = cpu["variants"][0]["produced_by"]["fusion_race"]
+    assert race["kept"] == ("fused" if race["fused_p50_ms"] < (1 - race["margin"]) * race["plain_p50_ms"] else "plain")
     assert "skipped" in qnn["variants"][0]["produced_by"]["fusion"]
-    fused = onnx.load(str(tiny_embedding_build["out"] / "raspberry-pi-5-cpu" / "baseline.onnx"))
-    assert "Attention" in {n.op_type for n in fused.graph.node}
+    assert "fusion_race" not in qnn["variants"][0]["produced_by"]  # nothing to race without contrib ops
+    shipped = onnx.load(str(tiny_embedding_build["out"] / "raspberry-pi-5-cpu" / "baseline.onnx"))
+    assert ("Attention" in {n.op_type for n in shipped.graph.node}) == (race["kept"] == "fused")
     plain = onnx.load(str(tiny_embedding_build["out"] / "sa8295p-qnn" / "baseline.onnx"))
     assert not {n.domain for n in plain.graph.node} - {"", "ai.onnx"}  # no contrib ops for the NPU
 
@@ -189,7 +192,11 @@ def test_minilm_example_end_to_end(tmp_path):
         assert base["metrics"]["cosine_min"] >= 0.9999, prof["id"]
         assert prof["tokenizer"], prof["id"]
     cpu = next(p for p in m["profiles"] if p["target"] in ("cpu", "xnnpack"))
-    assert cpu["variants"][0]["produced_by"]["fused_ops"]["Attention"] == 6  # one per layer
+    race = cpu["variants"][0]["produced_by"]["fusion_race"]
+    if race["kept"] == "fused":
+        assert cpu["variants"][0]["produced_by"]["fused_ops"]["Attention"] == 6  # one per layer
+    else:  # measured slower here: the plain graph shipped, and the report says why
+        assert "not kept" in cpu["variants"][0]["produced_by"]["fusion"]
     qnn = next(p for p in m["profiles"] if p["target"] == "qnn")
     dims = onnx.load(str(out / qnn["id"] / "int8.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 128]

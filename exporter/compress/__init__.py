@@ -40,7 +40,7 @@ class Compressed:
 
 def per_profile(recipe) -> bool:
     """A latency-budget prune depends on each profile's budget and threads; other steps do not."""
-    return any(s.prune is not None and s.prune.goal.latency for s in recipe.compress)
+    return any(s.prune is not None and s.prune.goal.latency == "budget" for s in recipe.compress)
 
 
 def compress(ctx, align: int, latency: dict | None = None) -> Compressed:

@@ -92,16 +92,25 @@ def global_plan(
     seq: int,
     heads_too: bool = True,
     ffn_too: bool = True,
+    table: dict | None = None,
 ) -> dict:
-    """Heads and FFN neurons kept per layer so the encoder keeps at most `keep` of its MACs and the
-    summed Fisher score of what is removed is smallest: for every total number of heads kept (the
-    best ones), the neurons take what MACs remain; each layer keeps at least one head and `align`
-    neurons, and its neuron count is rounded to `align` by dropping the cheapest blocks."""
+    """Heads and FFN neurons kept per layer so the encoder keeps at most `keep` of its MACs (with a
+    latency `table`: of its predicted onnxruntime time) and the summed Fisher score of what is
+    removed is smallest: for every total number of heads kept (the best ones), the neurons take what
+    budget remains; each layer keeps at least one head and `align` neurons, and its neuron count is
+    rounded to `align` by dropping the cheapest blocks."""
     from exporter.compress.encoder import costs_of
 
     head_scores, neuron_scores = scores
-    head_cost, neuron_cost = unit_costs(bert, seq)
-    budget = keep * costs_of(bert, seq)[0]
+    if table is None:
+        head_cost, neuron_cost = unit_costs(bert, seq)
+        budget = keep * costs_of(bert, seq)[0]
+    else:  # the fixed time (embeddings, LayerNorms, pooling) is spent whatever is kept
+        from exporter.compress.latency_table import predict
+
+        head_cost, neuron_cost = table["head_ms"], table["neuron_ms"]
+        whole = predict(table, sum(map(len, head_scores)), sum(map(len, neuron_scores)))
+        budget = keep * whole - table["fixed_ms"]
     n_layers = len(head_scores)
     # the floor every layer keeps (best head, best `align` neurons) is fixed; the rest competes
     floor_heads = {(i, max(range(len(s)), key=lambda h, s=s: (s[h], -h))) for i, s in enumerate(head_scores)}
@@ -134,7 +143,10 @@ def global_plan(
         if best is None or value > best[0]:
             best = (value, n_heads, n_blocks)
     if best is None:
-        raise ValueError("the MAC goal is below what one head and one aligned block of neurons per layer cost")
+        raise ValueError(
+            f"the {'MAC' if table is None else 'latency'} goal is below what one head and one aligned block "
+            "of neurons per layer cost"
+        )
     _v, n_heads, n_blocks = best
     kept_heads = {i: set() for i in range(n_layers)}
     for i, h in floor_heads:

@@ -1,6 +1,7 @@
 """The `prune` step: structured pruning that keeps the model dense. CNN channels go through
 Torch-Pruning's dependency graph (channels.py) towards a MAC, parameter or latency goal;
-BERT-style encoders lose heads, FFN neurons and layers (encoder.py) to a MAC or parameter goal."""
+BERT-style encoders lose heads, FFN neurons and layers (encoder.py) to a MAC or parameter goal,
+or with the Fisher allocation (fisher.py) to a latency fraction (latency_table.py)."""
 
 from __future__ import annotations
 
@@ -76,11 +77,24 @@ def _fisher_plan(state: State, bert, step: PruneStep, seq: int) -> dict:
     probe = copy.deepcopy(state.student)
     scores = fisher_scores(probe, find_encoder(probe), text_batches(state.ctx), seed=state.ctx.loaded.recipe.seed)
 
-    def plan_at(model, removed: float) -> dict:
-        return global_plan(model, scores, 1 - removed, state.align, seq, heads_too=step.heads, ffn_too=step.ffn)
+    def plan_at(model, removed: float, table: dict | None = None) -> dict:
+        return global_plan(
+            model, scores, 1 - removed, state.align, seq, heads_too=step.heads, ffn_too=step.ffn, table=table
+        )
 
     if step.goal.macs is not None:
-        return global_plan(bert, scores, step.goal.macs, state.align, seq, heads_too=step.heads, ffn_too=step.ffn)
+        return plan_at(bert, 1 - step.goal.macs)
+    if step.goal.latency is not None:
+        from exporter.compress.latency_table import latency_table, predict
+
+        table = latency_table(state.ctx, state.student)
+        plan = plan_at(bert, 1 - step.goal.latency, table)
+        heads = sum(len(s) for s in scores[0]) - sum(len(v) for v in plan["prune_heads"].values())
+        neurons = sum(len(v) for v in plan["keep_ffn"].values())
+        whole = predict(table, sum(len(s) for s in scores[0]), sum(len(s) for s in scores[1]))
+        table["predicted_fraction"] = round(predict(table, heads, neurons) / whole, 4)
+        plan["latency_table"] = table
+        return plan
     return plan_at(bert, _fraction_for_params(bert, step.goal.params, 0.95, plan_at))
 
 
@@ -117,12 +131,21 @@ class Prune(StepHandler):
                 field=f"{where}.drop_layers",
                 fix="remove drop_layers, or use criterion: activation",
             )
-        if hf and step.goal.latency:
+        if hf and step.goal.latency == "budget":
             raise UsageError(
-                "a latency goal is available for PyTorch models; transformers prune to a MAC or parameter goal",
+                "latency: budget is available for PyTorch models; transformers prune to a MAC, parameter or "
+                "latency fraction",
                 path=ctx.loaded.path,
-                field=f"{where}.goal",
-                fix="use goal: {macs: 0.6} (the build still judges latency against every profile's budget)",
+                field=f"{where}.goal.latency",
+                fix="use goal: {latency: 0.64} with criterion: fisher, or goal: {macs: 0.6}",
+            )
+        if isinstance(step.goal.latency, float) and not (hf and step.criterion == "fisher"):
+            raise UsageError(
+                "a latency fraction is spent through the Fisher allocation's head/neuron latency table "
+                "(transformers only)",
+                path=ctx.loaded.path,
+                field=f"{where}.goal.latency",
+                fix="add criterion: fisher" if hf else "use latency: budget (the profile's budget) or macs: 0.6",
             )
         if not hf:
             names = dict(ctx.model.module.named_modules())
@@ -218,7 +241,7 @@ class Prune(StepHandler):
                 plan = _fisher_plan(state, bert, step, seq)
             except ValueError as exc:
                 raise UsageError(
-                    str(exc), path=ctx.loaded.path, field=f"{where}.goal", fix="keep a larger share of the MACs"
+                    str(exc), path=ctx.loaded.path, field=f"{where}.goal", fix="raise the fraction, or prune to a MAC goal (goal: {macs: 0.65})"
                 ) from None
         else:
             scores = activation_scores(state.student, bert, text_batches(ctx)) if criterion == "activation" else None
@@ -276,6 +299,9 @@ class Prune(StepHandler):
             info["reached_goal"] = macs <= step.goal.macs * state.records[0]["macs"] * 1.0001
         if step.goal.params is not None:
             info["reached_goal"] = params <= step.goal.params * state.records[0]["params"] * 1.0001
+        if isinstance(step.goal.latency, float):
+            predicted = info["plan"]["latency_table"]["predicted_fraction"]
+            info["reached_goal"] = predicted <= step.goal.latency * 1.0001
         if not info["reached_goal"]:
             log.info(
                 f"  prune goal {info['goal']} not reached (stopped by {info.get('stopped_by', 'max_layer_ratio')})"
