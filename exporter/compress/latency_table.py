@@ -21,6 +21,8 @@ import numpy as np
 
 from exporter import log
 
+_ATTEMPTS = 3  # timing tries before the table is used as it is (said in the log and the report)
+_GOOD_FIT = 0.08  # the linear model fits MiniLM's four points within ~3% on a quiet host
 # heads and neurons kept in every layer, as fractions of the whole, for the four timed points
 _POINTS = {"whole": (1.0, 1.0), "half heads": (0.5, 1.0), "half neurons": (1.0, 0.5), "half both": (0.5, 0.5)}
 
@@ -67,14 +69,20 @@ def latency_table(ctx, module, threads: int = 1) -> dict:
             folder = Path(tmp) / name.replace(" ", "-")
             folder.mkdir()
             paths[name], _ = export_canonical(None, recipe.model, folder, 18, ctx.loaded.path, model=trial.model)
-        log.info(f"  latency table: timing {len(paths)} exports side by side ({threads} thread(s))")
         settings = BenchSection(warmup_runs=5, min_runs=40, min_seconds=1.0, max_seconds=4.0)
-        stats = time_interleaved(paths, feed, threads, settings, rounds=3)
-    measured = {name: stats[name].percentile(50) for name in paths}
-    rows = np.array([[1.0, *counts[n]] for n in paths])
-    fixed, head_ms, neuron_ms = np.linalg.lstsq(rows, np.array([measured[n] for n in paths]), rcond=None)[0]
+        measured: dict = {}
+        for attempt in range(1, _ATTEMPTS + 1):
+            log.info(f"  latency table: timing {len(paths)} exports side by side ({threads} thread(s), try {attempt})")
+            stats = time_interleaved(paths, feed, threads, settings, rounds=3)
+            # the lowest median over the tries: a burst of load on a shared host only ever adds time
+            measured = {n: min(measured.get(n, math.inf), stats[n].percentile(50)) for n in paths}
+            fit = _fit(measured, counts)
+            if fit[3] <= _GOOD_FIT:
+                break
+    fixed, head_ms, neuron_ms, _error = fit
     table = {
         "threads": threads,
+        "tries": attempt,
         "fixed_ms": _two_figures(max(float(fixed), 0.0)),
         "head_ms": _two_figures(float(head_ms)),
         "neuron_ms": _two_figures(float(neuron_ms)),
@@ -87,14 +95,27 @@ def latency_table(ctx, module, threads: int = 1) -> dict:
             f"{neuron_ms:.6f} ms: removing units did not make the model faster)"
         )
     table["predicted_p50_ms"] = {n: round(predict(table, *counts[n]), 3) for n in paths}
-    table["fit_error"] = round(
-        max(abs(table["predicted_p50_ms"][n] - measured[n]) / measured[n] for n in paths), 4
-    )
+    table["fit_error"] = round(max(abs(table["predicted_p50_ms"][n] - measured[n]) / measured[n] for n in paths), 4)
+    if table["fit_error"] > _GOOD_FIT:
+        log.info(
+            f"  latency table: the line misses a timed point by {100 * table['fit_error']:.0f}% after {attempt} "
+            "tries (a loaded host); the plan is made with it and the build's measured speed-ups say what it bought"
+        )
     log.info(
         f"  latency table: fixed {table['fixed_ms']} ms, {table['head_ms']} ms per head, "
         f"{table['neuron_ms']} ms per neuron (worst fit error {100 * table['fit_error']:.1f}%)"
     )
     return table
+
+
+def _fit(measured: dict, counts: dict) -> tuple[float, float, float, float]:
+    """Least squares of time on (1, heads, neurons); the worst relative miss of the four points."""
+    names = list(measured)
+    rows = np.array([[1.0, *counts[n]] for n in names])
+    times = np.array([measured[n] for n in names])
+    coef = np.linalg.lstsq(rows, times, rcond=None)[0]
+    error = float(np.max(np.abs(rows @ coef - times) / times))
+    return float(coef[0]), float(coef[1]), float(coef[2]), error
 
 
 def predict(table: dict, heads: int, neurons: int) -> float:

@@ -241,7 +241,10 @@ class Prune(StepHandler):
                 plan = _fisher_plan(state, bert, step, seq)
             except ValueError as exc:
                 raise UsageError(
-                    str(exc), path=ctx.loaded.path, field=f"{where}.goal", fix="raise the fraction, or prune to a MAC goal (goal: {macs: 0.65})"
+                    str(exc),
+                    path=ctx.loaded.path,
+                    field=f"{where}.goal",
+                    fix="raise the fraction, or prune to a MAC goal (goal: {macs: 0.65})",
                 ) from None
         else:
             scores = activation_scores(state.student, bert, text_batches(ctx)) if criterion == "activation" else None
