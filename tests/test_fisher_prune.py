@@ -225,3 +225,17 @@ def test_the_latency_table_is_fitted_on_real_timings(tmp_path):
     assert table["fit_error"] < 0.25, table
     measured = table["measured_p50_ms"]
     assert measured["half both"] < measured["whole"]
+
+
+def test_the_latency_line_recovers_known_costs_and_never_goes_below_zero():
+    from exporter.compress.latency_table import _fit
+
+    counts = {"whole": (72, 9216), "half heads": (36, 9216), "half neurons": (72, 4608), "half both": (36, 4608)}
+    line = {n: 1.5 + 0.23 * h + 0.0019 * k for n, (h, k) in counts.items()}
+    table = _fit(line, counts)
+    assert (table["fixed_ms"], table["head_ms"], table["neuron_ms"]) == (1.5, 0.23, 0.0019)
+    assert table["fit_error"] < 0.01
+    # halving both saves more than the two halvings apart: the free fit would start below zero
+    convex = {**line, "half both": line["half both"] - 4.0}
+    table = _fit(convex, counts)
+    assert table["fixed_ms"] == 0.0 and table["head_ms"] > 0 and table["neuron_ms"] > 0

@@ -76,26 +76,15 @@ def latency_table(ctx, module, threads: int = 1) -> dict:
             stats = time_interleaved(paths, feed, threads, settings, rounds=3)
             # the lowest median over the tries: a burst of load on a shared host only ever adds time
             measured = {n: min(measured.get(n, math.inf), stats[n].percentile(50)) for n in paths}
-            fit = _fit(measured, counts)
-            if fit[3] <= _GOOD_FIT:
+            table = _fit(measured, counts)
+            if table["fit_error"] <= _GOOD_FIT:
                 break
-    fixed, head_ms, neuron_ms, _error = fit
-    table = {
-        "threads": threads,
-        "tries": attempt,
-        "fixed_ms": _two_figures(max(float(fixed), 0.0)),
-        "head_ms": _two_figures(float(head_ms)),
-        "neuron_ms": _two_figures(float(neuron_ms)),
-        "measured_p50_ms": {n: round(v, 3) for n, v in measured.items()},
-        "counts": {n: {"heads": c[0], "neurons": c[1]} for n, c in counts.items()},
-    }
+    table = {"threads": threads, "tries": attempt, **table}
     if table["head_ms"] <= 0 or table["neuron_ms"] <= 0:
         raise ValueError(
-            f"the latency table is not usable on this host (per head {head_ms:.4f} ms, per neuron "
-            f"{neuron_ms:.6f} ms: removing units did not make the model faster)"
+            f"the latency table is not usable on this host (per head {table['head_ms']} ms, per neuron "
+            f"{table['neuron_ms']} ms: removing units did not make the model faster)"
         )
-    table["predicted_p50_ms"] = {n: round(predict(table, *counts[n]), 3) for n in paths}
-    table["fit_error"] = round(max(abs(table["predicted_p50_ms"][n] - measured[n]) / measured[n] for n in paths), 4)
     if table["fit_error"] > _GOOD_FIT:
         log.info(
             f"  latency table: the line misses a timed point by {100 * table['fit_error']:.0f}% after {attempt} "
@@ -108,14 +97,25 @@ def latency_table(ctx, module, threads: int = 1) -> dict:
     return table
 
 
-def _fit(measured: dict, counts: dict) -> tuple[float, float, float, float]:
-    """Least squares of time on (1, heads, neurons); the worst relative miss of the four points."""
+def _fit(measured: dict, counts: dict) -> dict:
+    """Least squares of time on (1, heads, neurons), rounded to two significant figures, and the
+    worst relative miss of the rounded line on the four timed points."""
     names = list(measured)
     rows = np.array([[1.0, *counts[n]] for n in names])
     times = np.array([measured[n] for n in names])
-    coef = np.linalg.lstsq(rows, times, rcond=None)[0]
-    error = float(np.max(np.abs(rows @ coef - times) / times))
-    return float(coef[0]), float(coef[1]), float(coef[2]), error
+    fixed, head_ms, neuron_ms = np.linalg.lstsq(rows, times, rcond=None)[0]
+    if fixed < 0:  # time cannot be negative with nothing kept: the line through the origin instead
+        fixed, (head_ms, neuron_ms) = 0.0, np.linalg.lstsq(rows[:, 1:], times, rcond=None)[0]
+    table = {
+        "fixed_ms": _two_figures(float(fixed)),
+        "head_ms": _two_figures(float(head_ms)),
+        "neuron_ms": _two_figures(float(neuron_ms)),
+        "measured_p50_ms": {n: round(measured[n], 3) for n in names},
+        "counts": {n: {"heads": counts[n][0], "neurons": counts[n][1]} for n in names},
+    }
+    table["predicted_p50_ms"] = {n: round(predict(table, *counts[n]), 3) for n in names}
+    table["fit_error"] = round(max(abs(table["predicted_p50_ms"][n] - measured[n]) / measured[n] for n in names), 4)
+    return table
 
 
 def predict(table: dict, heads: int, neurons: int) -> float:
