@@ -8,7 +8,7 @@ is the same Torch-Pruning pruning followed by plain fine-tuning on the labels (n
 usual Torch-Pruning recipe, for the same epochs. MiniLM (examples/minilm-pruned.yaml): the recipe
 (Fisher allocation of heads and FFN neurons) against the uniform allocation it replaced, both
 distilled the same way on standard-library docstrings; mean cosine against the unpruned FP32
-embeddings on the 256 held-out pydoc-topics sentences, from the fused FP32 ONNX the CPU target
+embeddings on the 256 held-out pydoc-topics sentences, from the FP32 ONNX the CPU target
 ships, and the Fisher student with dynamic INT8 (what the CPU profile ships) as the chained figure.
 Latency: FP32 ONNX, onnxruntime CPU, 1 thread, every model of a scenario timed round-robin in
 one process (ratios, not absolute times, are the result: the machine is shared).

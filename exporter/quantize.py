@@ -90,8 +90,8 @@ def quantize_int8(
 
     `evaluate` (path -> accuracy drop) and `budget` enable the search; `speed_feed` enables the
     speed guard, which only makes sense where the host runs the target's own kernels (CPU). It
-    times against `speed_baseline`, the fastest FP32 graph the build ships (for a transformer, the
-    fully fused one, not the graph quantization starts from), defaulting to `fp32_path`.
+    times against `speed_baseline`, the FP32 graph the build ships (for a transformer, the faster of
+    the fused and the plain graph, not the graph quantization starts from), defaulting to `fp32_path`.
     `speed_replay` (the speed-guard record of an earlier build, `edgex build --replay`) repeats
     that build's decision without timing anything, so the INT8 bytes are the same.
     """

@@ -5,8 +5,9 @@ guard may stop on another rung, and the deliverable (fastest variant by p50, tie
 within 10% to the smaller file) may still change near the edge of the band. The
 manifest records both decisions; a replay takes them from there instead of from the clock, so
 with the same inputs, versions and SOURCE_DATE_EPOCH the release is byte-identical except the
-timing fields (see docs/ARCHITECTURE.md). Latency-budget pruning (`compress:` with
-`goal: {latency: budget}`) is not replayed yet.
+timing fields (see docs/ARCHITECTURE.md). A transformer's FP32 graph (fused or plain, raced on
+the clock) is replayed too. Latency-goal pruning (`compress:` with `goal: {latency: ...}`) is not
+replayed: its result is cached, so a rebuild on the same host reuses the plan.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ class Replay:
         for v in prof.variants if prof is not None else []:
             if v.name == "int8":
                 return v.produced_by.get("speed_guard")
+        return None
+
+    def fusion_race(self, variant: str) -> str | None:
+        """Which FP32 graph of a transformer shipped ("fused" or "plain"); one race serves every
+        profile whose export is the same, so the first recorded one is the answer."""
+        for prof in self.manifest.profiles:
+            for v in prof.variants:
+                race = v.produced_by.get("fusion_race") if v.name == variant else None
+                if race:
+                    return race["kept"]
         return None
 
     def record(self) -> dict:

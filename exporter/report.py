@@ -161,11 +161,14 @@ def write_report(
             elif v["produced_by"].get("fusion"):
                 lines.append(f"- `{v['name']}` fusions {v['produced_by']['fusion']}.")
             race = v["produced_by"].get("fusion_race")
-            if race and race["kept"] == "fused":
-                lines.append(
-                    f"- `{v['name']}` fused graph kept: {race['fused_p50_ms']:.3f} ms vs the plain {race['plain_p50_ms']:.3f} "
-                    f"ms (p50, 1 thread, side by side on this host)."
+            if race:
+                timed = (
+                    "replayed from the earlier build"
+                    if race.get("replayed")
+                    else f"fused {race['fused_p50_ms']:.3f} ms vs plain {race['plain_p50_ms']:.3f} ms (p50, 1 thread, "
+                    "side by side on this host)"
                 )
+                lines.append(f"- `{v['name']}` FP32 graph: {race['kept']} shipped; {timed}.")
             ingest = v["produced_by"].get("ingest") or {}
             if ingest.get("changed"):  # the given file was changed before anything else saw it: said
                 lines.append(f"- `{v['name']}` model as given, ingested: {ingest['summary']}.")

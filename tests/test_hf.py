@@ -44,6 +44,30 @@ def test_embedding_export_matches_pytorch_and_fuses_on_cpu_only(tiny_embedding_b
     assert not {n.domain for n in plain.graph.node} - {"", "ai.onnx"}  # no contrib ops for the NPU
 
 
+def test_replay_ships_the_same_fp32_graph(tiny_embedding_build, tmp_path):
+    """The fused-or-plain race is decided on the clock; `--replay` takes the earlier decision, so the
+    rebuilt baseline is the same file."""
+    first = tiny_embedding_build
+    proc = run_cli(
+        "build",
+        str(first["root"] / "recipe.yaml"),
+        "--profile",
+        "raspberry-pi-5-cpu",
+        "--out",
+        str(tmp_path / "again"),
+        "--replay",
+        str(first["out"] / "manifest.json"),
+        "--json",
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    again = json.loads(proc.stdout)["profiles"][0]["variants"][0]["produced_by"]["fusion_race"]
+    old = next(p for p in first["manifest"]["profiles"] if p["id"] == "raspberry-pi-5-cpu")
+    assert again["replayed"] is True and "fused_p50_ms" not in again
+    assert again["kept"] == old["variants"][0]["produced_by"]["fusion_race"]["kept"]
+    name = "raspberry-pi-5-cpu/baseline.onnx"
+    assert (tmp_path / "again" / name).read_bytes() == (first["out"] / name).read_bytes()
+
+
 def test_shapes_follow_the_target(tiny_embedding_build):
     out = tiny_embedding_build["out"]
     for profile, static in (("sa8295p-qnn", True), ("raspberry-pi-5-cpu", False)):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter import log
+from exporter.errors import GateFailure
 
 _ATTEMPTS = 3  # timing tries before the table is used as it is (said in the log and the report)
 _GOOD_FIT = 0.08  # the linear model fits MiniLM's four points within ~3% on a quiet host
@@ -81,9 +82,10 @@ def latency_table(ctx, module, threads: int = 1) -> dict:
                 break
     table = {"threads": threads, "tries": attempt, **table}
     if table["head_ms"] <= 0 or table["neuron_ms"] <= 0:
-        raise ValueError(
-            f"the latency table is not usable on this host (per head {table['head_ms']} ms, per neuron "
-            f"{table['neuron_ms']} ms: removing units did not make the model faster)"
+        raise GateFailure(
+            f"the latency table could not be measured on this host (per head {table['head_ms']} ms, per neuron "
+            f"{table['neuron_ms']} ms after {attempt} tries: removing units did not make the exports faster, "
+            "a loaded host or a model too small to time) — rerun on a quieter host, or prune to goal: {macs: ...}"
         )
     if table["fit_error"] > _GOOD_FIT:
         log.info(

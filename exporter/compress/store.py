@@ -53,6 +53,14 @@ def key(ctx, align: int, latency: dict | None) -> str:
         "versions": {k: versions.get(k) for k in ("edgex", "torch", "transformers", "sentence-transformers")},
         "torch_pruning": _version("torch-pruning"),
     }
+    if any(s.prune is not None and isinstance(s.prune.goal.latency, float) for s in r.compress):
+        from exporter.versions import host_facts
+
+        # a latency-fraction plan is priced by onnxruntime timings of optimum exports on this host
+        facts["latency_priced_on"] = {
+            "host": host_facts(),
+            "versions": {k: versions.get(k) for k in ("onnxruntime", "optimum", "optimum-onnx")},
+        }
     for s in r.compress:  # the handlers' own facts (a user student's code), listed in step order
         for name, value in handler_for(s.settings).key(ctx, s.settings).items():
             facts.setdefault(name, []).append(value)
