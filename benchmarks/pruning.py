@@ -155,9 +155,11 @@ def minilm(work: Path) -> dict:
     # the chained figure: the Fisher student as the CPU profile ships it (dynamic INT8, what the
     # raspberry-pi-5-cpu build delivers), against the unpruned FP32
     from exporter.quant.dynamic import quantize_dynamic_int8
+    from exporter.quant.shape_annotations import drop_shape_annotations
 
     paths["fisher + int8-dynamic"] = work / "fisher-int8-dynamic.onnx"
     quantize_dynamic_int8(paths["fisher"], paths["fisher + int8-dynamic"])
+    drop_shape_annotations(paths["fisher + int8-dynamic"])  # as the build ships it (quant/shape_annotations.py)
     chained = {"metric": common.onnx_metric(ctx, paths["fisher + int8-dynamic"])}
     p50 = common.interleaved_p50(paths, ctx)
     for name, row in [*rows.items(), ("fisher + int8-dynamic", chained)]:

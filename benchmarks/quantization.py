@@ -35,6 +35,7 @@ from exporter.pipeline import export_for as _export_for  # noqa: E402
 from exporter.pipeline import prepare  # noqa: E402
 from exporter.quant.calibration import FeedReader, batches  # noqa: E402
 from exporter.quant.dynamic import quantize_dynamic_int8  # noqa: E402
+from exporter.quant.shape_annotations import drop_shape_annotations  # noqa: E402
 from exporter.quant.weight_only import quantize_int4  # noqa: E402
 from exporter.quantize import quantize_int8  # noqa: E402
 from exporter.recipe import Int4Settings  # noqa: E402
@@ -152,6 +153,7 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
     add("peer: Optimum avx512_vnni static", peer_optimum_static(plain, work, feeds), "peer", "QDQ u8/s8 per-tensor")
     dyn = work / "dynamic.onnx"
     quantize_dynamic_int8(fused, dyn)
+    drop_shape_annotations(dyn)  # as the build ships it for CPU runtimes (quant/shape_annotations.py)
     add("onnxruntime dynamic INT8 per-channel (= edgex int8-dynamic)", dyn, "dynamic", "not deployable on NPUs")
 
     steps_dir = work / "steps"
@@ -178,6 +180,7 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
         rows.append(
             {"name": f"edgex search: {step['step']}", "path": path, "kind": "curve", "cosine": 1 - step["drop"]}
         )
+    drop_shape_annotations(chosen)
     add("edgex static INT8 (searched, shipped)", chosen, "edgex", f"{len(res.search['kept_out_of_int8'])} kept float")
     for alg, block in (("rtn", 16), ("hqq", 32)):
         p = work / f"int4-{alg}{block}.onnx"

@@ -164,7 +164,10 @@ def _int8_settings(req: Request) -> str:
         exclude={"precisions", "dynamic", "int4_format", "transformer_op_types"}
     )
     deployed = evaluation_mode(req.target) == "deployed"
-    return json.dumps([static_fields, req.settings.model_dump(), req.budget, deployed], sort_keys=True)
+    annotations_dropped = bool(req.transformer and req.target.contrib_ops)  # quant/shape_annotations.py
+    return json.dumps(
+        [static_fields, req.settings.model_dump(), req.budget, deployed, annotations_dropped], sort_keys=True
+    )
 
 
 def _int8_describe(req: Request, run: RunInputs) -> str:
@@ -231,6 +234,10 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "activations": _activations(q),
         }
     )
+    if req.transformer and req.target.contrib_ops:  # a CPU runtime: see quant/shape_annotations.py
+        from exporter.quant.shape_annotations import drop_shape_annotations
+
+        record["shape_annotations"] = drop_shape_annotations(q.path)
     summary = {
         "method": q.method,
         "calibration_samples": q.calibration_samples,
@@ -270,7 +277,12 @@ def _converted(out: Path, precision: str, record_key: str, info: dict) -> Produc
 def _dynamic_run(req: Request, run: RunInputs, out: Path) -> Produced:
     from exporter.quant.dynamic import quantize_dynamic_int8
 
-    return _converted(out, "int8", "dynamic", quantize_dynamic_int8(req.source, out))
+    info = quantize_dynamic_int8(req.source, out)
+    if req.transformer:  # dynamic INT8 is for CPU runtimes: see quant/shape_annotations.py
+        from exporter.quant.shape_annotations import drop_shape_annotations
+
+        info["shape_annotations"] = drop_shape_annotations(out)
+    return _converted(out, "int8", "dynamic", info)
 
 
 register(
