@@ -68,6 +68,40 @@ def test_replay_ships_the_same_fp32_graph(tiny_embedding_build, tmp_path):
     assert (tmp_path / "again" / name).read_bytes() == (first["out"] / name).read_bytes()
 
 
+def test_cpu_int8_files_ship_without_shape_annotations(tiny_embedding_build, tmp_path):
+    """With the quantizer's intermediate shape annotations onnxruntime fuses Add+LayerNormalization
+    into SkipLayerNormalization (4.5-6x slower on CPU, benchmarks/skip_layernorm.py); the CPU files ship
+    without them, and onnxruntime leaves the pair unfused. The NPU file keeps its annotations."""
+    import onnxruntime as ort
+
+    from exporter.quant.shape_annotations import drop_shape_annotations
+
+    out = tiny_embedding_build["out"]
+    by_id = {p["id"]: p for p in tiny_embedding_build["manifest"]["profiles"]}
+    cpu = {v["name"]: v for v in by_id["raspberry-pi-5-cpu"]["variants"]}
+    for name in ("int8", "int8-dynamic"):
+        assert cpu[name]["produced_by"]["shape_annotations"]["dropped"] > 0, name
+        assert len(onnx.load(str(out / "raspberry-pi-5-cpu" / f"{name}.onnx")).graph.value_info) == 0
+    # the static file (from the graph with Attention unfused) has its shapes only from the
+    # annotations: without them onnxruntime leaves the pair unfused
+    shipped = out / "raspberry-pi-5-cpu" / "int8.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "int8-as-loaded.onnx")
+    ort.InferenceSession(str(shipped), options, providers=["CPUExecutionProvider"])
+    loaded = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "SkipLayerNormalization" not in loaded and "LayerNormalization" in loaded
+    qnn = {v["name"]: v for v in by_id["sa8295p-qnn"]["variants"]}
+    assert "shape_annotations" not in qnn["int8"]["produced_by"]
+    # the same file with annotations put back is fused: what the drop prevents is real
+    annotated = onnx.shape_inference.infer_shapes(onnx.load(str(shipped)))
+    onnx.save(annotated, str(tmp_path / "annotated.onnx"))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "annotated-as-loaded.onnx")
+    ort.InferenceSession(str(tmp_path / "annotated.onnx"), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert drop_shape_annotations(tmp_path / "annotated.onnx")["dropped"] > 0
+
+
 def test_shapes_follow_the_target(tiny_embedding_build):
     out = tiny_embedding_build["out"]
     for profile, static in (("sa8295p-qnn", True), ("raspberry-pi-5-cpu", False)):

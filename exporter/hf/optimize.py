@@ -50,6 +50,11 @@ def fuse(path: Path, model_type: str, for_int8: bool = False) -> tuple[onnx.Mode
 
     kind = _OPTIMIZER_TYPE.get(model_type, model_type)
     options = FusionOptions(kind)
+    # SkipLayerNormalization's CPU kernel measured 4.5-6x slower than the Add + LayerNormalization it
+    # replaces at [1, 128, 384] and [1, 128, 768] (benchmarks/skip_layernorm.py); see also
+    # quant/shape_annotations.py, which keeps onnxruntime from fusing it at load time
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
     if for_int8:
         options.enable_attention = False
         options.enable_gelu = False

@@ -3,9 +3,11 @@ annotations (graph.value_info) that the quantizer's pre-processing writes.
 
 Why: with them, onnxruntime 1.32's CPU provider can prove the shapes around each residual Add that
 feeds a LayerNormalization behind a quantized MatMul, and fuses the pair into the contrib op
-SkipLayerNormalization, whose CPU kernel measured 5.7x slower than the two ops it replaces (338 vs
-59 us at [1, 128, 384], one thread; `benchmarks/skip_layernorm.py`). Without the annotations the
-fusion cannot see those shapes and every other load-time fusion still happens (the same counts
+SkipLayerNormalization, whose CPU kernel measured 4.5-6x slower than the two ops it replaces (327 vs
+52 us at [1, 128, 384], one thread, in one run; `benchmarks/skip_layernorm.py`). Without the annotations the
+fusion cannot see those shapes where only the annotations gave them (a graph without fused
+Attention, as MiniLM's plain export and every static-INT8 input; behind a fused Attention op
+onnxruntime infers them itself and still fuses), and every other load-time fusion still happens (the same counts
 of DynamicQuantizeMatMul, MatMulIntegerToFloat and QLinearMatMul); onnxruntime infers what it
 needs at load. Measured on a Fisher-pruned MiniLM at one thread: dynamic INT8 12.2 -> 10.2 ms,
 static QDQ INT8 12.8 -> 10.6 ms. The graph's inputs and outputs keep their shapes; only the
@@ -31,5 +33,5 @@ def drop_shape_annotations(path: Path) -> dict:
     return {
         "dropped": count,
         "why": "keeps onnxruntime from fusing Add+LayerNormalization into SkipLayerNormalization, "
-        "measured 5.7x slower on CPU (benchmarks/skip_layernorm.py)",
+        "measured 4.5-6x slower on CPU (benchmarks/skip_layernorm.py)",
     }
