@@ -56,12 +56,13 @@ def _variant(module, heads: float, neurons: float):
 def latency_table(ctx, module, threads: int = 1) -> dict:
     """Fit the per-head and per-neuron time of `module` (the student before pruning) at `threads`
     onnxruntime threads on the recipe's input shapes; returns the table with its fit residual."""
+    from exporter.compress.measure import timing_feed
     from exporter.hf.source import export_canonical
     from exporter.measure import time_interleaved
     from exporter.recipe import BenchSection
 
     recipe = ctx.loaded.recipe
-    feed = {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+    feed = timing_feed(ctx)
     counts, paths = {}, {}
     with tempfile.TemporaryDirectory(prefix="edgex-latency-table-") as tmp:
         for name, (heads, neurons) in _POINTS.items():

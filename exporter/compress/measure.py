@@ -19,6 +19,11 @@ def example(ctx) -> tuple:
     return tuple(torch.from_numpy(ctx.calibration.inputs[s.name][:1].copy()) for s in ctx.inputs)
 
 
+def timing_feed(ctx) -> dict[str, np.ndarray]:
+    """One query in the recipe's shape from the evaluation data, for timing candidates in onnxruntime."""
+    return {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+
+
 def calibration_batch(ctx, n: int = 64) -> tuple[tuple, np.ndarray | None]:
     import torch
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter import log
-from exporter.compress.measure import calibration_batch, costs, encoder, example, text_batches
+from exporter.compress.measure import calibration_batch, costs, encoder, example, text_batches, timing_feed
 from exporter.compress.steps import State, StepHandler, StepResult, register_step
 from exporter.errors import UsageError
 from exporter.recipe_steps import PruneStep
@@ -30,7 +30,7 @@ def _latency_check(state: State, where: str) -> Callable:
 
     ctx, target = state.ctx, state.latency
     settings = BenchSection(warmup_runs=5, min_runs=60, min_seconds=0.3, max_seconds=3.0)
-    feed = {s.name: ctx.evaluation.inputs[s.name][: s.shape[0]] for s in ctx.inputs}
+    feed = timing_feed(ctx)
 
     def done(module, entry: dict) -> bool:
         with tempfile.TemporaryDirectory(prefix="edgex-prune-") as tmp:

@@ -164,10 +164,15 @@ def _int8_settings(req: Request) -> str:
         exclude={"precisions", "dynamic", "int4_format", "transformer_op_types"}
     )
     deployed = evaluation_mode(req.target) == "deployed"
-    annotations_dropped = bool(req.transformer and req.target.contrib_ops)  # quant/shape_annotations.py
     return json.dumps(
-        [static_fields, req.settings.model_dump(), req.budget, deployed, annotations_dropped], sort_keys=True
+        [static_fields, req.settings.model_dump(), req.budget, deployed, _cpu_transformer(req)], sort_keys=True
     )
+
+
+def _cpu_transformer(req: Request) -> bool:
+    """A transformer for a runtime that runs onnxruntime's CPU kernels: its quantized file ships
+    without shape annotations (quant/shape_annotations.py)."""
+    return bool(req.transformer and req.target.contrib_ops)
 
 
 def _int8_describe(req: Request, run: RunInputs) -> str:
@@ -234,7 +239,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "activations": _activations(q),
         }
     )
-    if req.transformer and req.target.contrib_ops:  # a CPU runtime: see quant/shape_annotations.py
+    if _cpu_transformer(req):
         from exporter.quant.shape_annotations import drop_shape_annotations
 
         record["shape_annotations"] = drop_shape_annotations(q.path)
