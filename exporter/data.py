@@ -89,7 +89,7 @@ class Dataset:
         return part if self.feeding is None else self.feeding.feed(part)
 
 
-def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
+def feed_digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
     h = hashlib.sha256()
     for name in sorted(inputs):
         arr = np.ascontiguousarray(inputs[name])
@@ -103,7 +103,7 @@ def _digest(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> str:
 
 
 def make_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray | None) -> Dataset:
-    return Dataset(inputs=inputs, labels=labels, digest=_digest(inputs, labels))
+    return Dataset(inputs=inputs, labels=labels, digest=feed_digest(inputs, labels))
 
 
 NPZ_MAX_MEMBERS = 1024

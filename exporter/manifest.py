@@ -36,6 +36,7 @@ TIMING_FIELDS = {
         "ok",
         "not_evaluated",
         "speed_guard",
+        "preset_race",
         "fusion_race",  # which FP32 graph of a transformer was faster (replayed by --replay)
         "latency_table",  # the head/neuron times a latency-goal prune was planned with
         "parity",

@@ -7,6 +7,7 @@ never left silent.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -26,16 +27,18 @@ from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from exporter import log
-from exporter.data import Dataset
+from exporter.data import Dataset, feed_digest
+from exporter.digest import sha256_file
 from exporter.errors import UsageError, clip, injected_fault, internal_step
 from exporter.onnx_io import save_model
 from exporter.quant.calibration import FeedReader, bounded_samples
 from exporter.quant.concat_parts import keep_parts_apart
 from exporter.quant.graph_edit import name_unnamed_nodes
 from exporter.quant.npu_graph import prepare_for_integer_npu
-from exporter.quant.qdq_graph import float_compute_nodes, keep_float
+from exporter.quant.preset_race import race
+from exporter.quant.qdq_graph import float_compute_nodes
 from exporter.quant.search import ALL_ACTIVATIONS, Evaluate, search
-from exporter.quant.speed import LADDER, TOLERANCE, time_ratio
+from exporter.quant.speed import replay_guard, speed_guard, time_ratio
 from exporter.recipe import QuantizeSection
 from exporter.targets import QuantPreset
 
@@ -68,6 +71,7 @@ class QuantizeResult:
     speed_guard: dict | None = None
     graph_rewrites: list[dict] = field(default_factory=list)  # FP32 rewrites for an integer-only NPU, with parity
     concat_parts: list[dict] = field(default_factory=list)  # outputs concatenating far-apart ranges, kept apart
+    preset_race: dict | None = None  # the CPU preset race (quant/preset_race.py): candidates, timings, winner
 
 
 def quantize_int8(
@@ -85,6 +89,8 @@ def quantize_int8(
     label: str = "quantize",
     keep_dir: Path | None = None,
     speed_replay: dict | None = None,
+    race_isa: frozenset[str] | None = None,
+    race_replay: str | None = None,
 ) -> QuantizeResult:
     """Static INT8: pre-process, calibrate, quantize; then the accuracy search and the speed guard.
 
@@ -93,7 +99,9 @@ def quantize_int8(
     times against `speed_baseline`, the FP32 graph the build ships (for a transformer, the faster of
     the fused and the plain graph, not the graph quantization starts from), defaulting to `fp32_path`.
     `speed_replay` (the speed-guard record of an earlier build, `edgex build --replay`) repeats
-    that build's decision without timing anything, so the INT8 bytes are the same.
+    that build's decision without timing anything, so the INT8 bytes are the same. `race_isa` (the
+    device's instruction set) with the speed instruments runs the preset race first
+    (quant/preset_race.py); `race_replay` repeats an earlier build's winner.
     """
     if preset.format != "qdq" and preset.activation_type.endswith("16"):
         raise UsageError(
@@ -137,18 +145,22 @@ def quantize_int8(
         counter = iter(range(10_000))
 
         def requantize(
-            method: str, overrides: dict[str, str], op_types: list[str] | None = None, exclude: tuple[str, ...] = ()
+            method: str,
+            overrides: dict[str, str],
+            op_types: list[str] | None = None,
+            exclude: tuple[str, ...] = (),
+            use: QuantPreset | None = None,
         ) -> Path:
             out = tmp / f"int8-{next(counter)}.onnx"
             with internal_step("static INT8: calibration sizing", prepped):
                 data = data_for(method)
             with internal_step("static INT8: calibrate and quantize (onnxruntime quantize_static)", out):
-                _quantize_excluding(out, data, method, {**pinned, **overrides}, op_types, exclude)
+                _quantize_excluding(out, data, method, {**pinned, **overrides}, op_types, exclude, use or preset)
                 if injected_fault("corrupt:int8-quantized"):  # test hook: a written file that cannot load
                     out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
             return out
 
-        def _quantize_excluding(out, data, method, overrides, op_types, exclude) -> None:
+        def _quantize_excluding(out, data, method, overrides, op_types, exclude, use) -> None:
             while True:
                 try:
                     _quantize_once(
@@ -157,7 +169,7 @@ def quantize_int8(
                         tmp,
                         data,
                         method,
-                        preset,
+                        use,
                         batch,
                         sorted(set(excluded) | set(exclude)),
                         overrides,
@@ -174,7 +186,28 @@ def quantize_int8(
 
         searched: dict | None = None
         guard: dict | None = None
+        raced: dict | None = None
         checked = _on_edgex_files(evaluate) if evaluate is not None else None
+        if race_isa is not None and speed_feed is not None and checked is not None and budget is not None:
+            with internal_step("static INT8: preset race", prepped):
+                preset, raced = race(
+                    preset,
+                    race_isa,
+                    lambda p: requantize(settings.calibration_method, {}, use=p),
+                    checked,
+                    budget,
+                    speed_feed,
+                    speed_baseline or fp32_path,
+                    label,
+                    race_replay,
+                    facts={
+                        "model": sha256_file(prepped),
+                        "baseline": sha256_file(speed_baseline or fp32_path),
+                        "calibration": data_for(settings.calibration_method).digest,
+                        "method": settings.calibration_method,
+                        "feed": feed_digest(speed_feed, None),
+                    },
+                )
         if checked is not None and budget is not None and settings.search.enabled:
             feeds = sample.feeds(batch, 8)
             fallback = "uint16" if preset.fallback == "uint16" else "float"
@@ -209,11 +242,11 @@ def quantize_int8(
         # ships is timed against FP32 (a rung's accuracy is checked with the evaluator).
         guarded = speed_feed is not None and settings.speed_guard
         if guarded and speed_replay is not None:
-            chosen, guard = _replay_guard(speed_replay, prepped, chosen, result, requantize, label)
+            chosen, guard = replay_guard(speed_replay, prepped, chosen, result, requantize, label)
         elif guarded and checked is not None and budget is not None:
             reference = speed_baseline or fp32_path
             with internal_step("static INT8: speed guard", chosen):
-                chosen, guard = _speed_guard(
+                chosen, guard = speed_guard(
                     reference, prepped, chosen, result, requantize, checked, budget, speed_feed, method, label
                 )
                 if result.kept and result.all_quantized is not None:
@@ -243,6 +276,7 @@ def quantize_int8(
         speed_guard=guard,
         graph_rewrites=graph_rewrites,
         concat_parts=concat_parts,
+        preset_race=raced,
     )
 
 
@@ -255,85 +289,6 @@ def _on_edgex_files(evaluate: Evaluate) -> Evaluate:
             return evaluate(path)
 
     return checked
-
-
-def _speed_guard(
-    reference, prepped, chosen, result, requantize, evaluate, budget, feed, method, label
-) -> tuple[Path, dict]:
-    """Time the chosen INT8 against FP32; down the op-type ladder while INT8 is more than 5% slower.
-
-    Decisions lean to the deterministic side, so a rebuild gives the same bytes: a rung is taken
-    only when two measurements agree, the first rung that is fast enough wins (ladder order, most
-    coverage first), and when none is, the searched model stays and the report says why.
-    """
-
-    def confirmed(path: Path) -> float:
-        r = time_ratio(reference, path, feed)
-        return min(r, time_ratio(reference, path, feed)) if r > 1 + TOLERANCE else r
-
-    ratio = confirmed(chosen)
-    record: dict = {"tolerance": TOLERANCE, "ratio": round(ratio, 3), "tried": [], "basis": "1 thread, host, p50 ratio"}
-    log.info(f"[{label}] speed guard: INT8/FP32 time {ratio:.2f}")
-    if ratio <= 1 + TOLERANCE:
-        record["verdict"] = "INT8 is not slower than FP32"
-        return chosen, record
-    fp32 = onnx.load(str(prepped))
-    for rung, op_types, no_depthwise in LADDER:
-        path = _rung_model(fp32, result, requantize, method, op_types, no_depthwise)
-        drop = evaluate(path)
-        r = confirmed(path) if drop <= budget else float("nan")
-        record["tried"].append({"rung": rung, "ratio": round(r, 3), "drop": round(drop, 6), "ok": drop <= budget})
-        log.info(f"[{label}] speed guard, {rung}: INT8/FP32 time {r:.2f}, drop {drop:.4f}")
-        if drop <= budget and r <= 1 + TOLERANCE:
-            record.update(chosen=rung, ratio=round(r, 3), verdict="INT8 is not slower than FP32")
-            return path, record
-    record["chosen"] = "as searched"
-    record["verdict"] = (
-        f"INT8 stays {100 * (ratio - 1):.0f}% slower than FP32 on this host and no op-type rung fixed it; "
-        "an edgex build for a CPU target does not ship it (its int8_speed_vs_fp32 verdict fails while FP32 is "
-        "faster); `edgex diagnose` names the ops that cost the time"
-    )
-    return chosen, record
-
-
-def _rung_model(fp32, result, requantize, method, op_types, no_depthwise) -> Path:
-    """The searched model re-quantized with only this rung's op types (kept tensors stay kept)."""
-    kept = {k["tensor"] for k in result.kept if k["kept_as"] == "float"}
-    overrides = {k["tensor"]: "uint16" for k in result.kept if k["kept_as"] == "uint16"}
-    exclude = tuple(depthwise_convs(fp32)) if no_depthwise else ()
-    path = requantize(method, overrides, op_types, exclude)
-    if kept:
-        onnx.save(keep_float(onnx.load(str(path)), kept), str(path))
-    return path
-
-
-def _replay_guard(record: dict, prepped, chosen, result, requantize, label) -> tuple[Path, dict]:
-    """Repeat an earlier build's speed-guard decision (its rung, or none) without timing."""
-    rung = record.get("chosen")
-    replayed = {**record, "replayed": True}
-    if rung is None or rung == "as searched":
-        log.info(f"[{label}] speed guard replayed: {record.get('verdict', 'kept as searched')}")
-        return chosen, replayed
-    match = [r for r in LADDER if r[0] == rung]
-    if not match:
-        raise UsageError(
-            f"the replayed speed guard chose '{rung}', which this edgex does not have",
-            path="--replay",
-            field="speed_guard.chosen",
-            fix="replay a manifest written by the same edgex version",
-        )
-    _, op_types, no_depthwise = match[0]
-    log.info(f"[{label}] speed guard replayed: {rung}")
-    fp32 = onnx.load(str(prepped))
-    return _rung_model(fp32, result, requantize, result.method, op_types, no_depthwise), replayed
-
-
-def depthwise_convs(model: onnx.ModelProto) -> list[str]:
-    return [
-        n.name
-        for n in model.graph.node
-        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) and n.name
-    ]
 
 
 _BIAS_FAILURE = re.compile(r"(?:for input '([^']+)' )?when quantizing bias '([^']+)'")
@@ -411,8 +366,9 @@ def _quantize_once(
             weight_type=_QUANT_TYPES[preset.weight_type],
             nodes_to_exclude=exclude or None,
             calibrate_method=_METHODS[method],
-            # Ranges depend on the method and the tensors calibrated, not on overrides or exclusions.
-            calibration_cache_path=str(tmp / f"calib-{method}-{'-'.join(op_types or ['all'])}.cache"),
+            # Ranges depend on the method and the tensors calibrated (the op types), not on types,
+            # formats, overrides or exclusions.
+            calibration_cache_path=str(tmp / f"calib-{method}-{_names_digest(op_types_to_quantize)}.cache"),
             extra_options={
                 **extra,
                 # A tensor constant over the calibration set would get a zero scale; give it a minimal range.
@@ -425,3 +381,8 @@ def _quantize_once(
 
 def _rewrite_text(rec: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in rec.items() if not isinstance(v, (list, dict)))
+
+
+def _names_digest(names: list[str] | None) -> str:
+    """A short file-name-safe stand-in for a list of op types (None: every op type)."""
+    return hashlib.sha256(",".join(names or ["all"]).encode()).hexdigest()[:12]

@@ -169,6 +169,11 @@ class QuantizeSection(Strict):
     speed_guard: bool = Field(
         default=True, description="On CPU targets, re-quantize fewer op types when INT8 is >5% slower than FP32."
     )
+    preset_race: bool = Field(
+        default=True,
+        description="On CPU targets whose profile names its instruction set (soc.isa), quantize with each static "
+        "INT8 configuration that ISA runs, time those within budget side by side and start from the fastest.",
+    )
     int4: Int4Settings = Field(default_factory=Int4Settings)
     npu: NpuSettings = Field(default_factory=NpuSettings)
 

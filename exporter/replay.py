@@ -40,6 +40,14 @@ class Replay:
                 return v.produced_by.get("speed_guard")
         return None
 
+    def preset_race(self, profile_id: str) -> str | None:
+        """The static INT8 preset an earlier build's race kept for this profile (None: no race ran)."""
+        prof = self._profile(profile_id)
+        for v in prof.variants if prof is not None else []:
+            if v.name == "int8":
+                return (v.produced_by.get("preset_race") or {}).get("kept")
+        return None
+
     def fusion_race(self, variant: str) -> str | None:
         """Which FP32 graph of a transformer shipped ("fused" or "plain"); one race serves every
         profile whose export is the same, so the first recorded one is the answer."""

@@ -45,6 +45,7 @@ from exporter.pipeline.variants import (
 )
 from exporter.profiles import DeviceProfile
 from exporter.quant.precisions import REGISTRY, evaluation_mode
+from exporter.quant.preset_race import device_isa
 from exporter.report import write_report
 from exporter.runtime import host_threads
 from exporter.staging import check_output, staged_output
@@ -76,7 +77,8 @@ def build_profile(ctx: Context, profile: DeviceProfile, stage: Path, work: Path,
     folder.mkdir(parents=True)
     max_drop = r.max_accuracy_drop if r.max_accuracy_drop is not None else profile.budgets.max_accuracy_drop
     compressed = compressed_for(ctx, profile)
-    artifacts, failures = produce_variants(ctx, target, work, cache, max_drop, profile.id, compressed)
+    isa = device_isa(profile)
+    artifacts, failures = produce_variants(ctx, target, work, cache, max_drop, profile.id, compressed, isa)
     files: dict[str, object] = {}
     if ctx.model.hf is not None:
         from exporter.hf.source import copy_tokenizer

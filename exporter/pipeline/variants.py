@@ -123,10 +123,11 @@ def quantized(
     budget: float,
     label: str,
     baseline: Path,
+    isa: frozenset[str] | None = None,
 ) -> tuple[Path, dict]:
     """One precision's variant of `source` (cached by the handler's key): (file, produced_by)."""
     r = ctx.loaded.recipe
-    request = Request(source, target, r.quantize, budget, transformer=ctx.model.kind == "hf")
+    request = Request(source, target, r.quantize, budget, transformer=ctx.model.kind == "hf", isa=isa)
     key = handler.key(request)
     if key in cache and isinstance(cache[key], BaseException):
         raise cache[key]  # failed for an earlier profile with the same key: not retried
@@ -139,6 +140,7 @@ def quantized(
                 speed_feed=query_feed(ctx),
                 speed_baseline=baseline,
                 speed_replay=ctx.replay.speed_guard(label) if ctx.replay is not None else None,
+                race_replay=ctx.replay.preset_race(label) if ctx.replay is not None else None,
             )
         log.info(handler.describe(request, run))
         try:
@@ -217,7 +219,14 @@ def failure_record(name: str, precision: str, parent: str | None, step: str, exc
 
 
 def produce_variants(
-    ctx: Context, target: Target, work: Path, cache: dict, budget: float, label: str, compressed=None
+    ctx: Context,
+    target: Target,
+    work: Path,
+    cache: dict,
+    budget: float,
+    label: str,
+    compressed=None,
+    isa: frozenset[str] | None = None,
 ) -> tuple[Artifacts, dict[str, dict]]:
     """(name -> (file, precision, produced_by, parent) in lineage order, name -> failure record).
 
@@ -225,7 +234,8 @@ def produce_variants(
     `compressed`). A precision that fails (onnxruntime's quantizer refusing the graph, a 16-bit
     step, a file that does not load) is recorded and skipped: the FP32 export and every other
     variant are kept. Only a UsageError (the recipe is wrong) stops the build, and an FP32 export
-    that fails, since every variant is judged against it."""
+    that fails, since every variant is judged against it. `isa`: the device's instruction set
+    (profile soc.isa), which picks the static INT8 presets raced on a CPU target."""
     r = ctx.loaded.recipe
     fp32_work, export_info = export_for(ctx, target, work, cache)
     artifacts: Artifacts = {"baseline": (fp32_work, "fp32", export_info, None)}
@@ -254,7 +264,7 @@ def produce_variants(
             if handler.graph != "full" and ctx.model.kind == "hf" and target.contrib_ops:
                 source, _ = export_for(qctx, target, work, cache, fusion=handler.graph, tag=tag)
             step = f"quantize {handler.variant}"
-            path, produced_by = quantized(ctx, handler, target, source, work, cache, budget, label, fp32_work)
+            path, produced_by = quantized(ctx, handler, target, source, work, cache, budget, label, fp32_work, isa)
         except UsageError:
             raise
         except Exception as exc:  # EdgexError included: a gate on one variant does not stop the others

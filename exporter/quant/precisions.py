@@ -22,6 +22,7 @@ import numpy as np
 from exporter.data import Dataset
 from exporter.errors import TEST_FAULT_ENV, injected_fault, internal_step
 from exporter.numerics import guard_produced
+from exporter.quant.preset_race import isa_text
 from exporter.quant.search import Evaluate
 from exporter.recipe import QuantizeSection
 from exporter.targets import Target
@@ -54,6 +55,7 @@ class Request:
     settings: QuantizeSection
     budget: float
     transformer: bool = False  # a Hugging Face graph: the preset's transformer op types apply
+    isa: frozenset[str] | None = None  # the device's instruction set (profile soc.isa): the preset race's entrants
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class RunInputs:
     speed_baseline: Path | None = None
     label: str = "quantize"
     speed_replay: dict | None = None
+    race_replay: str | None = None  # the preset an earlier build's race kept (`edgex build --replay`)
 
 
 @dataclass(frozen=True)
@@ -164,9 +167,15 @@ def _int8_settings(req: Request) -> str:
         exclude={"precisions", "dynamic", "int4_format", "transformer_op_types"}
     )
     deployed = evaluation_mode(req.target) == "deployed"
-    return json.dumps(
-        [static_fields, req.settings.model_dump(), req.budget, deployed, _cpu_transformer(req)], sort_keys=True
-    )
+    parts = [static_fields, req.settings.model_dump(), req.budget, deployed, _cpu_transformer(req)]
+    if _raced(req):  # the race's entrants depend on the device's instruction set
+        parts.append(isa_text(req.isa))
+    return json.dumps(parts, sort_keys=True)
+
+
+def _raced(req: Request) -> bool:
+    """The preset race runs where the host runs the target's kernels and the profile names its ISA."""
+    return req.isa is not None and req.settings.preset_race and evaluation_mode(req.target) == "deployed"
 
 
 def _cpu_transformer(req: Request) -> bool:
@@ -212,6 +221,8 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
         speed_baseline=run.speed_baseline,
         label=run.label,
         speed_replay=run.speed_replay,
+        race_isa=req.isa if _raced(req) else None,
+        race_replay=run.race_replay,
     )
     preset_keys = (
         "format",
@@ -236,6 +247,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "speed_guard": q.speed_guard,
             "graph_rewrites": q.graph_rewrites,  # FP32 rewrites for an integer-only NPU, each with parity
             "concat_parts": q.concat_parts,  # outputs concatenating far-apart ranges, and how they were kept apart
+            "preset_race": q.preset_race,  # the configurations raced on a CPU target and the one kept
             "activations": _activations(q),
         }
     )
@@ -251,6 +263,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
         "notes": q.notes,
         "quantized_nodes": q.quantized_nodes,
         "kept_in_float": q.float_nodes,
+        "preset_race": q.preset_race,
     }
     return Produced(q.path, record, summary)
 
