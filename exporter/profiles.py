@@ -30,6 +30,25 @@ DeviceClass = Literal[
 ]
 
 
+ISA_ARCHES = {"x86_64", "arm64"}
+ISA_FEATURES = {"avx2", "avx512_vnni", "avx_vnni", "neon", "dotprod", "i8mm"}
+
+
+def isa_problem(value: str) -> str | None:
+    """What is wrong with a soc.isa value ("arm64 neon dotprod", or "host"), None when nothing."""
+    words = value.lower().split()
+    if words == ["host"]:
+        return None
+    unknown = [w for w in words if w not in ISA_ARCHES | ISA_FEATURES]
+    if unknown or sum(w in ISA_ARCHES for w in words) != 1:
+        what = f"unknown: {', '.join(unknown)}" if unknown else "name exactly one architecture"
+        return (
+            f"'{value}' is not an instruction set edgex knows ({what}); write one of {sorted(ISA_ARCHES)} "
+            f"then features from {sorted(ISA_FEATURES)}, or 'host'"
+        )
+    return None
+
+
 class Fact(Strict):
     """A published number or description with where it came from."""
 
@@ -120,6 +139,17 @@ class DeviceProfile(Strict):
         "default: the OS schedules. Not applied on a machine without those cores (the manifest says so).",
     )
     notes: str = ""
+
+    @field_validator("soc")
+    @classmethod
+    def _isa(cls, soc: dict[str, Fact]) -> dict[str, Fact]:
+        """soc.isa names the device's instruction set: the static INT8 presets raced for it
+        (quant/preset_race.py) depend on it, so a word edgex does not know is refused here."""
+        if "isa" in soc:
+            problem = isa_problem(str(soc["isa"].value))
+            if problem:
+                raise ValueError(f"isa: {problem}")
+        return soc
 
     @field_validator("cpu_affinity")
     @classmethod

@@ -286,6 +286,7 @@ def _quantization_lines(prof: dict) -> list[str]:
     lines: list[str] = []
     for v in prof["variants"]:
         pb = v["produced_by"]
+        lines += _race_lines(v["name"], pb.get("preset_race"))
         search = pb.get("search")
         if not search:
             continue
@@ -326,6 +327,34 @@ def _quantization_lines(prof: dict) -> list[str]:
             lines.append(f"- {note}")
         if pb.get("excluded_nodes"):
             lines.append(f"- nodes kept in float: {', '.join(pb['excluded_nodes'])}")
+    return lines
+
+
+def _race_lines(name: str, race: dict | None) -> list[str]:
+    """The static INT8 configurations raced on a CPU target, and which one the search started from."""
+    if not race:
+        return []
+    how = (
+        " (replayed)" if race.get("replayed") else " (cached outcome of an earlier build)" if race.get("cached") else ""
+    )
+    lines = [
+        "",
+        f"Preset race for `{name}`: `{race['kept']}` kept{how}. Entrants: what the device's instruction set "
+        f"({race['device_isa']}) runs; timed at 1 thread on this host ({race['host_isa']}), so the ranking is "
+        f"{race['ranking']}; within {race['tie_band']:.0%} of the fastest the earlier entrant wins.",
+    ]
+    if race.get("candidates"):
+        lines += [
+            "",
+            "| configuration | drop (quantized throughout) | within budget | speed-up vs FP32 |",
+            "|---|---|---|---|",
+        ]
+        for c in race["candidates"]:
+            speed = f"{c['speed_vs_fp32']:.2f}x" if "speed_vs_fp32" in c else "not timed"
+            lines.append(f"| {c['candidate']} | {c['drop']:.4f} | {'yes' if c['within_budget'] else 'no'} | {speed} |")
+    if race.get("verdict"):
+        lines.append(f"- {race['verdict']}")
+    lines += [f"- not entered: {e['candidate']} ({e['why']})" for e in race.get("excluded", [])]
     return lines
 
 

@@ -36,3 +36,21 @@ def test_demo_report_has_plot_and_tables(digits_build):
     report = (out / "report.md").read_text()
     assert "latency_vs_accuracy.png" in report and (out / "latency_vs_accuracy.png").stat().st_size > 10_000
     assert "host measurement" in report
+
+
+def test_board_int8_comes_from_the_preset_race(digits_build):
+    """The CPU board's INT8 preset was raced among what a Cortex-A76 runs; the NPU profiles' was not."""
+    m = digits_build["manifest"]
+    races = {
+        p["id"]: next(v for v in p["variants"] if v["name"] == "int8")["produced_by"].get("preset_race")
+        for p in m["profiles"]
+    }
+    race = races["raspberry-pi-5-cpu"]
+    assert race["device_isa"] == "arm64 dotprod neon"
+    names = [c["candidate"] for c in race.get("candidates", [])]
+    assert "Optimum avx512_vnni static preset" in [e["candidate"] for e in race["excluded"]]
+    assert {"target preset", "U8U8 (unsigned weights)", "Optimum arm64 static preset"} <= set(names)
+    kept = next(c for c in race["candidates"] if c["candidate"] == race["kept"])
+    assert kept["within_budget"] and kept["p50_ms"] > 0
+    assert races["sa8295p-qnn"] is None  # simulated on the host: no host timing decides an NPU preset
+    assert "Preset race for `int8`" in (digits_build["out"] / "report.md").read_text()
