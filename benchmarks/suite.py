@@ -199,6 +199,7 @@ def scenario(name: str, work: Path, quick: bool) -> dict:
             r["speedup"] = base_stats.p50 / s.p50
             r["speedup_interval"] = _ratio_interval(base_stats.samples, s.samples)
             r["size"] = r["path"].stat().st_size / base["path"].stat().st_size
+    budget = profile.budgets.max_accuracy_drop
     return {
         "scenario": name,
         "recipe": SCENARIOS[name][0],
@@ -208,9 +209,32 @@ def scenario(name: str, work: Path, quick: bool) -> dict:
         "evaluation_samples": len(ctx.evaluation),
         "inputs": [{"name": s.name, "shape": list(s.shape)} for s in ctx.inputs],
         "deliverable": record["deliverable"],
-        "max_accuracy_drop": profile.budgets.max_accuracy_drop,
+        "max_accuracy_drop": budget,
+        "versus_peer": _versus_peer(rows, stats, record["deliverable"], ctx.baseline_metric, budget),
         "rows": [{k: v for k, v in r.items() if k != "path"} for r in rows],
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _versus_peer(rows: list[dict], stats: dict, deliverable: str, baseline_metric: float, budget: float) -> dict:
+    """edgex's shipped variant against the fastest peer within the accuracy budget: p50(peer) /
+    p50(shipped) with its 95% bootstrap interval; a peer wins only when the whole interval is below 1."""
+    name = "FP32 (edgex baseline)" if deliverable == "baseline" else f"edgex {deliverable}"
+    shipped = next(r for r in rows if r["name"] == name)
+    within = [r for r in rows if r["kind"] == "peer" and r["name"] in stats and baseline_metric - r["metric"] <= budget]
+    if not within:
+        return {"shipped": name, "peer": None, "verdict": "no peer within the budget"}
+    best = max(within, key=lambda r: r["speedup"])
+    ratio = stats[best["name"]].p50 / stats[name].p50
+    lo, hi = _ratio_interval(stats[best["name"]].samples, stats[name].samples)
+    verdict = "peer wins" if hi < 1 else "edgex ahead" if lo > 1 else "tie (intervals overlap)"
+    return {
+        "shipped": name,
+        "peer": best["name"],
+        "ratio": ratio,
+        "interval": [lo, hi],
+        "verdict": verdict,
+        "shipped_metric": shipped.get("metric"),
     }
 
 
@@ -249,10 +273,15 @@ def _summary(res: dict) -> str:
         f"Summary: edgex ships {shipped['name']} at {shipped['speedup']:.2f}x, {res['metric']} "
         f"{shipped['metric']:.4f}; "
     )
-    if within:
+    vs = res.get("versus_peer") or {}
+    if within and vs.get("peer"):
         best = max(within, key=lambda r: r["speedup"])
-        return (
-            text + f"the fastest peer within the drop budget ({budget:g}) is {best['name']} at {best['speedup']:.2f}x."
+        lo, hi = vs["interval"]
+        flag = "**PEER WINS**" if vs["verdict"] == "peer wins" else vs["verdict"]
+        return text + (
+            f"the fastest peer within the drop budget ({budget:g}) is {best['name']} at {best['speedup']:.2f}x. "
+            f"edgex vs that peer (p50 peer / p50 edgex, >1 is edgex faster): {vs['ratio']:.2f}x "
+            f"[{lo:.2f}, {hi:.2f}]: {flag}."
         )
     return text + f"no peer stays within the drop budget ({budget:g})."
 
@@ -279,6 +308,12 @@ def write(results: list[dict], out: Path, quick: bool, seconds: float, command: 
         "timing loop; speed-up = p50 of FP32 / p50 of the model with its 95% bootstrap interval. edgex variants "
         f"are what `edgex build` makes for `{PROFILE}` (onnxruntime CPU target); peers start from the same FP32 "
         "graph with their defaults or presets.",
+        "",
+    ]
+    wins = [r["scenario"] for r in results if (r.get("versus_peer") or {}).get("verdict") == "peer wins"]
+    lines += [
+        "Peer wins (a peer within the accuracy budget faster than edgex's shipped variant, the whole 95% interval "
+        "below 1): " + (", ".join(f"**{w}**" for w in wins) if wins else "none") + ".",
         "",
     ]
     for res in results:
