@@ -220,7 +220,9 @@ def _versus_peer(rows: list[dict], stats: dict, deliverable: str, baseline_metri
     """edgex's shipped variant against the fastest peer within the accuracy budget: p50(peer) /
     p50(shipped) with its 95% bootstrap interval; a peer wins only when the whole interval is below 1."""
     name = "FP32 (edgex baseline)" if deliverable == "baseline" else f"edgex {deliverable}"
-    shipped = next(r for r in rows if r["name"] == name)
+    shipped = next((r for r in rows if r["name"] == name), None)
+    if shipped is None or name not in stats:
+        return {"shipped": name, "peer": None, "verdict": "the shipped variant was not timed"}
     within = [r for r in rows if r["kind"] == "peer" and r["name"] in stats and baseline_metric - r["metric"] <= budget]
     if not within:
         return {"shipped": name, "peer": None, "verdict": "no peer within the budget"}
@@ -265,25 +267,25 @@ def _fmt(r: dict, metric: str) -> str:
 def _summary(res: dict) -> str:
     """The shipped variant against the fastest peer that keeps the profile's accuracy budget."""
     budget = res["max_accuracy_drop"]
-    timed = [r for r in res["rows"] if "p50" in r]
-    name = "FP32 (edgex baseline)" if res["deliverable"] == "baseline" else f"edgex {res['deliverable']}"
-    shipped = next(r for r in timed if r["name"] == name)
-    within = [r for r in timed if r["kind"] == "peer" and res["baseline_metric"] - r["metric"] <= budget]
+    timed = {r["name"]: r for r in res["rows"] if "p50" in r}
+    vs = res.get("versus_peer") or {}
+    shipped = timed.get(vs.get("shipped", ""))
+    if shipped is None:
+        return f"Summary: edgex's shipped variant ({vs.get('shipped')}) was not timed."
     text = (
         f"Summary: edgex ships {shipped['name']} at {shipped['speedup']:.2f}x, {res['metric']} "
         f"{shipped['metric']:.4f}; "
     )
-    vs = res.get("versus_peer") or {}
-    if within and vs.get("peer"):
-        best = max(within, key=lambda r: r["speedup"])
-        lo, hi = vs["interval"]
-        flag = "**PEER WINS**" if vs["verdict"] == "peer wins" else vs["verdict"]
-        return text + (
-            f"the fastest peer within the drop budget ({budget:g}) is {best['name']} at {best['speedup']:.2f}x. "
-            f"edgex vs that peer (p50 peer / p50 edgex, >1 is edgex faster): {vs['ratio']:.2f}x "
-            f"[{lo:.2f}, {hi:.2f}]: {flag}."
-        )
-    return text + f"no peer stays within the drop budget ({budget:g})."
+    if not vs.get("peer"):
+        return text + f"no peer stays within the drop budget ({budget:g})."
+    best = timed[vs["peer"]]
+    lo, hi = vs["interval"]
+    flag = "**PEER WINS**" if vs["verdict"] == "peer wins" else vs["verdict"]
+    return text + (
+        f"the fastest peer within the drop budget ({budget:g}) is {best['name']} at {best['speedup']:.2f}x. "
+        f"edgex vs that peer (p50 peer / p50 edgex, >1 is edgex faster): {vs['ratio']:.2f}x "
+        f"[{lo:.2f}, {hi:.2f}]: {flag}."
+    )
 
 
 def write(results: list[dict], out: Path, quick: bool, seconds: float, command: str) -> None:

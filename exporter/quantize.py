@@ -1,6 +1,7 @@
-"""Quantize stage: static INT8 with onnxruntime.quantization, using the target's preset.
+"""Quantize stage: static INT8 with onnxruntime.quantization, from the target's preset.
 
-The preset comes from the target declaration (why each choice is documented there); the recipe
+The preset comes from the target declaration (why each choice is documented there), or on a CPU
+target from the preset race among the configurations the device runs (quant/preset_race.py); the recipe
 picks the calibration method and sample count. What stays in float is counted and reported,
 never left silent.
 """
@@ -189,6 +190,7 @@ def quantize_int8(
         raced: dict | None = None
         checked = _on_edgex_files(evaluate) if evaluate is not None else None
         if race_isa is not None and speed_feed is not None and checked is not None and budget is not None:
+            before = dict(excluded)  # what a losing entrant made onnxruntime refuse is not the winner's
             with internal_step("static INT8: preset race", prepped):
                 preset, raced = race(
                     preset,
@@ -208,6 +210,8 @@ def quantize_int8(
                         "feed": feed_digest(speed_feed, None),
                     },
                 )
+            excluded.clear()
+            excluded.update(before)
         if checked is not None and budget is not None and settings.search.enabled:
             feeds = sample.feeds(batch, 8)
             fallback = "uint16" if preset.fallback == "uint16" else "float"

@@ -6,7 +6,7 @@ within 10% to the smaller file) may still change near the edge of the band. The
 manifest records both decisions; a replay takes them from there instead of from the clock, so
 with the same inputs, versions and SOURCE_DATE_EPOCH the release is byte-identical except the
 timing fields (see docs/ARCHITECTURE.md). A transformer's FP32 graph (fused or plain, raced on
-the clock) is replayed too. Latency-goal pruning (`compress:` with `goal: {latency: ...}`) is not
+the clock) and a CPU target's static INT8 preset (raced on the clock) are replayed too. Latency-goal pruning (`compress:` with `goal: {latency: ...}`) is not
 replayed: its result is cached, so a rebuild on the same host reuses the plan.
 """
 
@@ -41,11 +41,11 @@ class Replay:
         return None
 
     def preset_race(self, profile_id: str) -> str | None:
-        """The static INT8 preset an earlier build's race kept for this profile (None: no race ran)."""
+        """The static INT8 preset an earlier build's race kept for this profile (None: no int8 variant)."""
         prof = self._profile(profile_id)
         for v in prof.variants if prof is not None else []:
-            if v.name == "int8":
-                return (v.produced_by.get("preset_race") or {}).get("kept")
+            if v.name == "int8":  # built without a race (an older edgex, no soc.isa): the target's preset
+                return (v.produced_by.get("preset_race") or {}).get("kept", "target preset")
         return None
 
     def fusion_race(self, variant: str) -> str | None:

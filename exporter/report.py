@@ -351,7 +351,8 @@ def _race_lines(name: str, race: dict | None) -> list[str]:
         ]
         for c in race["candidates"]:
             speed = f"{c['speed_vs_fp32']:.2f}x" if "speed_vs_fp32" in c else "not timed"
-            lines.append(f"| {c['candidate']} | {c['drop']:.4f} | {'yes' if c['within_budget'] else 'no'} | {speed} |")
+            drop = f"{c['drop']:.4f}" if "drop" in c else f"failed: {c.get('error', '?')}"
+            lines.append(f"| {c['candidate']} | {drop} | {'yes' if c['within_budget'] else 'no'} | {speed} |")
     if race.get("verdict"):
         lines.append(f"- {race['verdict']}")
     lines += [f"- not entered: {e['candidate']} ({e['why']})" for e in race.get("excluded", [])]

@@ -152,3 +152,59 @@ def test_a_profile_with_an_unknown_isa_is_refused_in_one_line(tmp_path):
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "my-board.yaml" in lines[0] and "sve9" in lines[0], res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_the_winner_shapes_the_shipped_file_and_ties_go_to_the_earlier_entrant(spread, tmp_path, monkeypatch):
+    """Timings replaced by fixed numbers (the host's are noise here): S8S8 clearly fastest ships
+    signed activations; within the tie band the target's preset stays."""
+    from exporter.quant import preset_race
+
+    fp32, data, drop = spread
+    settings = QuantizeSection(calibration_samples=16, speed_guard=False, search=SearchSettings(enabled=False))
+
+    def build(out: str, times: dict[str, float]):
+        monkeypatch.setattr(
+            preset_race, "_time_side_by_side", lambda paths, feed: {n: times.get(n, 1.0) for n in paths}
+        )
+        monkeypatch.setenv("EDGEX_CACHE_DIR", str(tmp_path / f"cache-{out}"))  # each build races afresh
+        return quantize_int8(
+            fp32, tmp_path / out, data, settings, get_target("cpu").quantization, 1, 0, evaluate=drop,
+            budget=0.01, speed_feed={"x": data.inputs["x"][:1]}, race_isa=ARM_DOT,
+        )  # fmt: skip
+
+    fast = build("s8.onnx", {"fp32": 3.0, "S8S8 (signed activations)": 0.5})
+    assert fast.preset_race["kept"] == "S8S8 (signed activations)" and fast.preset["activation_type"] == "int8"
+    import onnx
+
+    zero_points = [i for i in onnx.load(str(tmp_path / "s8.onnx")).graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and any(z.data_type == onnx.TensorProto.INT8 for z in zero_points)
+    tied = build("tie.onnx", {"fp32": 3.0, "target preset": 1.0, "S8S8 (signed activations)": 0.95})
+    assert tied.preset_race["kept"] == "target preset" and tied.preset["activation_type"] == "uint8"
+
+
+def test_an_entrant_onnxruntime_refuses_is_left_out_and_a_bad_cache_entry_is_a_miss(spread, tmp_path, monkeypatch):
+    from exporter import cache as store
+    from exporter.quant import preset_race
+
+    monkeypatch.setenv("EDGEX_CACHE_DIR", str(tmp_path / "cache"))
+    fp32, data, drop = spread
+    calls = []
+
+    def quantize(p):
+        calls.append(p)
+        if p.format == "qoperator":
+            raise ValueError("onnxruntime refused this entrant")
+        return fp32  # the FP32 file stands in for every quantized one: the race logic is under test
+
+    kwargs = dict(budget=0.01, feed={"x": data.inputs["x"][:1]}, baseline=fp32, label="t", facts={"model": "m"})
+    preset = get_target("cpu").quantization
+    _, record = preset_race.race(preset, X86_AVX2, quantize, drop, **kwargs)
+    failed = next(r for r in record["candidates"] if r["candidate"] == "QOperator format")
+    assert "refused" in failed["error"] and not failed["within_budget"]
+    assert record["kept"] in {"target preset", "per-tensor weights"}
+    # the stored outcome names an entrant that no longer exists: a miss, raced again, entry replaced
+    key = next(p.name for p in (tmp_path / "cache" / preset_race.CACHE_KIND).iterdir() if not p.name.startswith("."))
+    (store.entry_path(preset_race.CACHE_KIND, key) / "race.json").write_text('{"kept": "gone"}')
+    calls.clear()
+    _, again = preset_race.race(preset, X86_AVX2, quantize, drop, **kwargs)
+    assert len(calls) == 3 and not again.get("cached") and again["kept"] == record["kept"]

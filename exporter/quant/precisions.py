@@ -231,6 +231,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
         "per_channel",
         "activation_symmetric",
         "weight_symmetric",
+        "op_types",  # a raced preset may quantize other op types than the target's (Optimum's presets)
     )
     record = {"step": "quantize", "precision": "int8", "input_graph": req.source.name}
     record.update({k: q.preset[k] for k in preset_keys})

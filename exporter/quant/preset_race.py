@@ -7,10 +7,12 @@ u8 x s8 (VPMADDUBSW / VPDPBUSD) and only VNNI parts run S8S8 fast (an AVX2-only 
 mobilenet-style CNN in S8S8 ~3.8x slower than FP32), while its arm64 kernels have U8U8, S8S8 and
 U8S8 paths (NEON, SDOT/UDOT, I8MM). So the race enters only the configurations the DEVICE's
 instruction set runs (the profile's `soc.isa`), quantizes each throughout with the same
-calibration ranges, keeps those within the accuracy budget, times them side by side at one thread
-on this host and ships the fastest; within RACE_TIE_BAND of the fastest the earlier candidate
-wins (the target's preset first), so a rebuild does not swap presets on noise. When the host's
-instruction set is not the device's, the record says the ranking is the host's.
+calibration ranges, keeps those within the accuracy budget and times them side by side at one
+thread on this host; the fastest is where the accuracy search starts. Within RACE_TIE_BAND of the
+fastest the earlier candidate wins (the target's preset first), so a rebuild does not swap presets
+on noise. When the host's instruction set is not the device's, the record says the ranking is the
+host's. An entrant onnxruntime refuses is recorded and left out; the target's own preset failing
+fails the variant, as before the race.
 
 The winner is only the starting point: the accuracy search and the speed guard run on it as on
 any preset. Where no candidate meets the budget quantized throughout (a transformer whose search
@@ -85,6 +87,8 @@ CANDIDATES = [
         "only onnxruntime's arm64 kernels run U8U8 fast (x86 widens it to 16-bit)",
     ),
     Candidate("QOperator format", {"format": "qoperator"}, lambda isa: True, ""),
+    # Optimum's presets as benchmarks/suite.py runs its peer: avx512_vnni per-tensor (its default is
+    # per-channel, which the "target preset" entrant already covers on these op types).
     Candidate(
         "Optimum avx512_vnni static preset",
         {"op_types": OPTIMUM_STATIC_OPS, "per_channel": False},
@@ -143,20 +147,12 @@ def race(
 ) -> tuple[QuantPreset, dict]:
     """(the preset the search starts from, the race's record). `replayed`: an earlier build's
     winner (`edgex build --replay`), used without quantizing or timing the others. `facts`: what
-    the race's outcome depends on besides the host; with them the outcome is kept in edgex's cache
-    and a rebuild on the same host reuses it (same winner, same bytes, no re-timing). A wrong hit
-    could only cost speed, never accuracy: the search enforces the budget on whatever preset wins."""
+    the race's outcome depends on besides the host and the candidates; with them the outcome is
+    kept in edgex's cache and a rebuild on the same host reuses it (same winner, same bytes, no
+    re-timing). The evaluation set is not among them: a stale hit can start the search from a
+    slower preset, and the build's accuracy verdict still judges the file it ships."""
     host = host_isa()
     entrants = [c for c in CANDIDATES if c.runs_on(isa)]
-    key = None
-    if facts is not None and replayed is None:
-        key = _cache_key(facts, preset, isa, budget)
-        hit = store.lookup(CACHE_KIND, key, "race.json")
-        if hit is not None:
-            cached = json.loads((hit / "race.json").read_text())
-            log.info(f"[{label}] preset race: {cached['kept']} (cached outcome of an earlier build on this host)")
-            chosen = next(c for c in entrants if c.name == cached["kept"])
-            return preset.model_copy(update=chosen.update), {**cached, "cached": True}
     record: dict = {
         "device_isa": isa_text(isa),
         "host_isa": isa_text(host),
@@ -165,20 +161,39 @@ def race(
         "tie_band": RACE_TIE_BAND,
     }
     if replayed is not None:
-        chosen = next((c for c in entrants if c.name == replayed), None)
-        if chosen is None:
+        if _named(entrants, replayed) is None:
             raise UsageError(
                 f"the replayed preset race chose '{replayed}', which is not a candidate for {isa_text(isa)}",
+                path="--replay",
                 field="preset_race.kept",
                 fix="rebuild without --replay",
             )
         log.info(f"[{label}] preset race replayed: {replayed}")
-        return preset.model_copy(update=chosen.update), {**record, "kept": replayed, "replayed": True}
+        return _as(preset, entrants, replayed), {**record, "kept": replayed, "replayed": True}
+    key = _cache_key(facts, preset, isa, host, entrants, budget) if facts is not None else None
+    hit = store.lookup(CACHE_KIND, key, "race.json") if key is not None else None
+    if hit is not None:
+        try:
+            cached = json.loads((hit / "race.json").read_text())
+            kept = cached["kept"] if _named(entrants, cached["kept"]) is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = None
+        if kept is None:  # an unusable entry is a miss, moved out of the way
+            store.discard(CACHE_KIND, key)
+        else:
+            log.info(f"[{label}] preset race: {kept} (cached outcome of an earlier build on this host)")
+            return _as(preset, entrants, kept), {**cached, "cached": True}
     rows, files = [], {}
     for i, c in enumerate(entrants):
         log.info(f"[{label}] preset race {i + 1}/{len(entrants)}: {c.name}")
-        files[c.name] = quantize(preset.model_copy(update=c.update))
-        drop = float(drop_of(files[c.name]))
+        try:
+            files[c.name] = quantize(preset.model_copy(update=c.update))
+            drop = float(drop_of(files[c.name]))
+        except Exception as exc:  # an entrant onnxruntime refuses is out of the race, not the end of INT8
+            if i == 0:  # the target's own preset: its failure is the variant's failure
+                raise
+            rows.append({"candidate": c.name, "error": str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__, "within_budget": False})  # fmt: skip
+            continue
         rows.append({"candidate": c.name, "drop": round(drop, 6), "within_budget": drop <= budget})
     within = [r for r in rows if r["within_budget"]]
     record["candidates"] = rows
@@ -197,14 +212,22 @@ def race(
     winner = next(r for r in within if r["p50_ms"] <= fastest * (1 + RACE_TIE_BAND))
     record.update(kept=winner["candidate"], fp32_p50_ms=round(p50["fp32"], 4), threads=1)
     log.info(f"[{label}] preset race: {winner['candidate']} kept ({winner['speed_vs_fp32']:.2f}x FP32 on this host)")
-    chosen = next(c for c in entrants if c.name == winner["candidate"])
     if key is not None:
         with store.storing(CACHE_KIND, key) as folder:
             (folder / "race.json").write_text(json.dumps(record, sort_keys=True))
-    return preset.model_copy(update=chosen.update), record
+    return _as(preset, entrants, winner["candidate"]), record
 
 
-def _cache_key(facts: dict, preset: QuantPreset, isa: Isa, budget: float) -> str:
+def _named(entrants: list[Candidate], name: str) -> Candidate | None:
+    return next((c for c in entrants if c.name == name), None)
+
+
+def _as(preset: QuantPreset, entrants: list[Candidate], name: str) -> QuantPreset:
+    """PRESET changed as the entrant NAME changes it."""
+    return preset.model_copy(update=_named(entrants, name).update)
+
+
+def _cache_key(facts: dict, preset: QuantPreset, isa: Isa, host: Isa, entrants: list[Candidate], budget: float) -> str:
     import onnxruntime
 
     from exporter.versions import host_facts
@@ -213,11 +236,11 @@ def _cache_key(facts: dict, preset: QuantPreset, isa: Isa, budget: float) -> str
         {
             **facts,
             "preset": preset.model_dump(),
-            "candidates": [[c.name, c.update] for c in CANDIDATES],
+            "entrants": [[c.name, c.update] for c in entrants],
             "isa": isa_text(isa),
             "budget": budget,
             "tie_band": RACE_TIE_BAND,
-            "host": host_facts()["cpu"],
+            "host": [host_facts()["cpu"], isa_text(host)],
             "onnxruntime": onnxruntime.__version__,
         },
         fmt=1,
