@@ -39,6 +39,7 @@ from exporter.quant.npu_graph import prepare_for_integer_npu
 from exporter.quant.preset_race import race
 from exporter.quant.qdq_graph import float_compute_nodes
 from exporter.quant.search import ALL_ACTIVATIONS, Evaluate, search
+from exporter.quant.sink_token import split_sink_rows
 from exporter.quant.speed import replay_guard, speed_guard, time_ratio
 from exporter.recipe import QuantizeSection
 from exporter.targets import QuantPreset
@@ -116,6 +117,12 @@ def quantize_int8(
         with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped):
             quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         graph_rewrites: list[dict] = []
+        if preset.fallback == "float":  # runtimes that keep float where INT8 cannot hold (QNN: A16W8 instead)
+            with internal_step("static INT8: attention-sink rows apart (exporter.quant.sink_token)", prepped):
+                split, graph_rewrites = split_sink_rows(onnx.load(str(prepped)), sample.feeds(batch, 16))
+                if graph_rewrites:
+                    onnx.save(split, str(prepped))
+                    log.info(f"[{label}] FP32 rewrite: {_rewrite_text(graph_rewrites[0])}")
         if preset.fallback == "uint16":  # an integer-only NPU (QNN's HTP): FP32 rewrites before any calibration
             with internal_step("static INT8: integer-NPU graph rewrites (exporter.quant.npu_graph)", prepped):
                 rewritten, graph_rewrites = prepare_for_integer_npu(onnx.load(str(prepped)), sample.feeds(batch, 32))

@@ -24,11 +24,11 @@ from collections import deque
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.version_converter import convert_version
 
 from exporter.errors import InternalError
+from exporter.quant.fp32_probe import fp32_parity, probe_values
 
 HUGE = 1e30  # float constants at least this large (float32 min/max, inf) are mask fills, not data
 MARGIN = 30.0  # masked logits end this far below every kept one: exp(-30) ~ 1e-13 of a kept weight
@@ -78,7 +78,7 @@ def prepare_for_integer_npu(
         records += _clamp_masks(out, masks, feeds, model)
     if not records:
         return model, []
-    diff = _parity(model, out, feeds)
+    diff = fp32_parity(model, out, feeds)
     check = {"kind": "fp32-parity", "feeds": len(feeds), "max_relative_diff": diff, "tolerance": tolerance}
     if not diff <= tolerance:
         raise InternalError(
@@ -249,17 +249,10 @@ def _clamp_masks(out, masks, feeds, original) -> list[dict]:
 
 
 def _ranges(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict[str, tuple[float, float]]:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
-        helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in known
-    )
-    sess = _cpu_session(probe)
     lo = {n: math.inf for n in names}
     hi = {n: -math.inf for n in names}
-    for feed in feeds:
-        for n, v in zip(names, sess.run(names, feed)):
+    for values in probe_values(model, names, feeds):
+        for n, v in values.items():
             lo[n], hi[n] = min(lo[n], float(v.min())), max(hi[n], float(v.max()))
     return {n: (lo[n], hi[n]) for n in names}
 
@@ -317,25 +310,3 @@ def _drop_unused_constants(graph: onnx.GraphProto) -> None:
 
 def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _cpu_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # MatMulAddFusion of onnxruntime 1.32 fails ("Attempt to replace the existing tensor") on a
-    # pre-processed encoder whose layers lost different numbers of heads (Fisher-pruned MiniLM);
-    # these probes compare FP32 values, which no fusion changes
-    return ort.InferenceSession(
-        model.SerializeToString(), so, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"]
-    )
-
-
-def _parity(a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict]) -> float:
-    """Largest relative difference of any output: max |a - b| / max |a| per output, over the feeds."""
-    sa, sb = _cpu_session(a), _cpu_session(b)
-    worst = 0.0
-    for feed in feeds:
-        for x, y in zip(sa.run(None, feed), sb.run(None, feed)):
-            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-            worst = max(worst, float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(x))), 1e-12)))
-    return worst
