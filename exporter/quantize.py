@@ -113,16 +113,18 @@ def quantize_int8(
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgex-quant-") as tmp_name:
         tmp = Path(tmp_name)
-        prepped = tmp / "prepped.onnx"
-        with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped):
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        prepped, source = tmp / "prepped.onnx", fp32_path
         graph_rewrites: list[dict] = []
         if preset.fallback == "float":  # runtimes that keep float where INT8 cannot hold (QNN: A16W8 instead)
-            with internal_step("static INT8: attention-sink rows apart (exporter.quant.sink_token)", prepped):
-                split, graph_rewrites = split_sink_rows(onnx.load(str(prepped)), sample.feeds(batch, 16))
+            # before pre-processing, which turns a static-shape MatMul + Add into a 2-D Gemm
+            with internal_step("static INT8: attention-sink rows apart (exporter.quant.sink_token)", source):
+                split, graph_rewrites = split_sink_rows(onnx.load(str(fp32_path)), sample.feeds(batch, 16))
                 if graph_rewrites:
-                    onnx.save(split, str(prepped))
+                    source = tmp / "sink-split.onnx"
+                    onnx.save(split, str(source))
                     log.info(f"[{label}] FP32 rewrite: {_rewrite_text(graph_rewrites[0])}")
+        with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped):
+            quant_pre_process(str(source), str(prepped), skip_symbolic_shape=True)
         if preset.fallback == "uint16":  # an integer-only NPU (QNN's HTP): FP32 rewrites before any calibration
             with internal_step("static INT8: integer-NPU graph rewrites (exporter.quant.npu_graph)", prepped):
                 rewritten, graph_rewrites = prepare_for_integer_npu(onnx.load(str(prepped)), sample.feeds(batch, 32))
