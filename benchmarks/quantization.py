@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.smoothquant import smooth  # noqa: E402
 from exporter import log  # noqa: E402
 from exporter.bench.estimate import host_ceilings  # noqa: E402
 from exporter.pipeline import evaluator as _evaluator  # noqa: E402
@@ -160,12 +161,13 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
     steps_dir.mkdir()
     settings = ctx.loaded.recipe.quantize
     chosen = work / "edgex-int8.onnx"
+    transformer_preset = target.quantization.model_copy(update={"op_types": target.quantization.transformer_op_types})
     res = quantize_int8(
         for_int8,
         chosen,
         ctx.calibration,
         settings,
-        target.quantization.model_copy(update={"op_types": target.quantization.transformer_op_types}),
+        transformer_preset,
         batch,
         0,
         evaluate=evaluate,
@@ -182,6 +184,25 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
         )
     drop_shape_annotations(chosen)
     add("edgex static INT8 (searched, shipped)", chosen, "edgex", f"{len(res.search['kept_out_of_int8'])} kept float")
+    # What the sink split bought and what SmoothQuant would have: the same quantizer without the split
+    unsplit = work / "edgex-int8-unsplit.onnx"
+    res_unsplit = _without_sink_split(
+        quantize_int8, for_int8, unsplit, ctx.calibration, settings, transformer_preset, batch, 0,
+        evaluate=evaluate, budget=0.01, label="minilm, no sink split",
+    )  # fmt: skip
+    drop_shape_annotations(unsplit)
+    kept = len(res_unsplit.search["kept_out_of_int8"])
+    add("edgex static INT8 searched, without the sink split", unsplit, "ablation", f"{kept} kept float")
+    no_search = settings.model_copy(update={"search": settings.search.model_copy(update={"enabled": False})})
+    for name, src in (("every MatMul INT8, no sink split", for_int8),
+                      ("SmoothQuant alpha 0.5, every MatMul INT8, no sink split",
+                       smooth(for_int8, work / "smoothed.onnx", feeds[:32], 0.5))):  # fmt: skip
+        out = work / f"{len(rows)}-ablation.onnx"
+        _without_sink_split(
+            quantize_int8, src, out, ctx.calibration, no_search, transformer_preset, batch, 0, label=name
+        )
+        drop_shape_annotations(out)
+        add(name, out, "ablation")
     for alg, block in (("rtn", 16), ("hqq", 32)):
         p = work / f"int4-{alg}{block}.onnx"
         quantize_int4(plain, p, Int4Settings(algorithm=alg, block_size=block), "qoperator", [])
@@ -195,6 +216,18 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
         r["speedup"] = base / r["p50"]
         r["size"] = r["path"].stat().st_size / fp32_bytes
     return rows, {"search": res.search, "speed_guard": res.speed_guard}
+
+
+def _without_sink_split(fn, *args, **kwargs):
+    """FN as edgex ran before exporter/quant/sink_token.py existed (for the ablation rows)."""
+    import exporter.quantize as q
+
+    saved = q.split_sink_rows
+    q.split_sink_rows = lambda model, feeds: (model, [])
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        q.split_sink_rows = saved
 
 
 def mobilenet(work: Path) -> list[dict]:
@@ -285,6 +318,7 @@ def plot(rows: list[dict], path: Path) -> None:
         "curve": ("tab:blue", "o"),
         "edgex": ("tab:green", "*"),
         "int4": ("tab:purple", "^"),
+        "ablation": ("tab:gray", "v"),
     }
     for r in rows:
         color, marker = style[r["kind"]]
