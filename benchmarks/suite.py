@@ -218,7 +218,9 @@ def scenario(name: str, work: Path, quick: bool) -> dict:
 
 def _versus_peer(rows: list[dict], stats: dict, deliverable: str, baseline_metric: float, budget: float) -> dict:
     """edgex's shipped variant against the fastest peer within the accuracy budget: p50(peer) /
-    p50(shipped) with its 95% bootstrap interval; a peer wins only when the whole interval is below 1."""
+    p50(shipped) with its 95% bootstrap interval, and the verdict from their speed-ups vs FP32: a
+    peer wins only when its whole speed-up interval lies above edgex's (on a quiet host the direct
+    ratio's interval is narrow enough to call a 1% difference, which a rerun does not repeat)."""
     name = "FP32 (edgex baseline)" if deliverable == "baseline" else f"edgex {deliverable}"
     shipped = next((r for r in rows if r["name"] == name), None)
     if shipped is None or name not in stats:
@@ -229,7 +231,9 @@ def _versus_peer(rows: list[dict], stats: dict, deliverable: str, baseline_metri
     best = max(within, key=lambda r: r["speedup"])
     ratio = stats[best["name"]].p50 / stats[name].p50
     lo, hi = _ratio_interval(stats[best["name"]].samples, stats[name].samples)
-    verdict = "peer wins" if hi < 1 else "edgex ahead" if lo > 1 else "tie (intervals overlap)"
+    # The issue's rule: speed-ups vs FP32 compared by their 95% intervals (overlapping: a tie)
+    (e_lo, e_hi), (p_lo, p_hi) = shipped["speedup_interval"], best["speedup_interval"]
+    verdict = "peer wins" if p_lo > e_hi else "edgex ahead" if e_lo > p_hi else "tie (speed-up intervals overlap)"
     return {
         "shipped": name,
         "peer": best["name"],
@@ -314,8 +318,8 @@ def write(results: list[dict], out: Path, quick: bool, seconds: float, command: 
     ]
     wins = [r["scenario"] for r in results if (r.get("versus_peer") or {}).get("verdict") == "peer wins"]
     lines += [
-        "Peer wins (a peer within the accuracy budget faster than edgex's shipped variant, the whole 95% interval "
-        "below 1): " + (", ".join(f"**{w}**" for w in wins) if wins else "none") + ".",
+        "Peer wins (a peer within the accuracy budget faster than edgex's shipped variant: its 95% speed-up "
+        "interval entirely above edgex's): " + (", ".join(f"**{w}**" for w in wins) if wins else "none") + ".",
         "",
     ]
     for res in results:
