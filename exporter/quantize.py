@@ -115,7 +115,7 @@ def quantize_int8(
         tmp = Path(tmp_name)
         prepped, source = tmp / "prepped.onnx", fp32_path
         graph_rewrites: list[dict] = []
-        if preset.fallback == "float":  # runtimes that keep float where INT8 cannot hold (QNN: A16W8 instead)
+        if preset.fallback == "float":  # runtimes that keep float where INT8 cannot hold (QNN: see sink_token)
             # before pre-processing, which turns a static-shape MatMul + Add into a 2-D Gemm
             with internal_step("static INT8: attention-sink rows apart (exporter.quant.sink_token)", source):
                 split, graph_rewrites = split_sink_rows(onnx.load(str(fp32_path)), sample.feeds(batch, 16))
