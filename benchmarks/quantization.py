@@ -176,6 +176,7 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
         speed_baseline=fused,
         label="minilm",
         keep_dir=steps_dir,
+        split_sinks=True,  # as the build does for a CPU target
     )
     step_files = sorted(steps_dir.glob("step*.onnx"))
     for step, path in zip(res.search["steps"], step_files, strict=True):
@@ -188,7 +189,7 @@ def minilm(work: Path) -> tuple[list[dict], dict]:
     unsplit = work / "edgex-int8-unsplit.onnx"
     res_unsplit = _without_sink_split(
         quantize_int8, for_int8, unsplit, ctx.calibration, settings, transformer_preset, batch, 0,
-        evaluate=evaluate, budget=0.01, label="minilm, no sink split",
+        evaluate=evaluate, budget=0.01, label="minilm, no sink split", split_sinks=True,
     )  # fmt: skip
     drop_shape_annotations(unsplit)
     kept = len(res_unsplit.search["kept_out_of_int8"])

@@ -71,7 +71,7 @@ class QuantizeResult:
     notes: list[str] = field(default_factory=list)
     search: dict | None = None  # the accuracy search: steps, tensors kept out of INT8, whether it met the budget
     speed_guard: dict | None = None
-    graph_rewrites: list[dict] = field(default_factory=list)  # FP32 rewrites for an integer-only NPU, with parity
+    graph_rewrites: list[dict] = field(default_factory=list)  # FP32 rewrites before calibration, with parity
     concat_parts: list[dict] = field(default_factory=list)  # outputs concatenating far-apart ranges, kept apart
     preset_race: dict | None = None  # the CPU preset race (quant/preset_race.py): candidates, timings, winner
 
@@ -93,6 +93,7 @@ def quantize_int8(
     speed_replay: dict | None = None,
     race_isa: frozenset[str] | None = None,
     race_replay: str | None = None,
+    split_sinks: bool = False,
 ) -> QuantizeResult:
     """Static INT8: pre-process, calibrate, quantize; then the accuracy search and the speed guard.
 
@@ -103,7 +104,8 @@ def quantize_int8(
     `speed_replay` (the speed-guard record of an earlier build, `edgex build --replay`) repeats
     that build's decision without timing anything, so the INT8 bytes are the same. `race_isa` (the
     device's instruction set) with the speed instruments runs the preset race first
-    (quant/preset_race.py); `race_replay` repeats an earlier build's winner.
+    (quant/preset_race.py); `race_replay` repeats an earlier build's winner. `split_sinks`: keep an
+    attention sink's rows apart first (quant/sink_token.py), where onnxruntime's CPU kernels run the file.
     """
     if preset.format != "qdq" and preset.activation_type.endswith("16"):
         raise UsageError(
@@ -115,14 +117,16 @@ def quantize_int8(
         tmp = Path(tmp_name)
         prepped, source = tmp / "prepped.onnx", fp32_path
         graph_rewrites: list[dict] = []
-        if preset.fallback == "float":  # runtimes that keep float where INT8 cannot hold (QNN: see sink_token)
+        carried = sample.feeding is not None and sample.feeding.carried  # chunks: position 0 is no sink
+        if split_sinks and preset.fallback == "float" and not carried:  # see quant/sink_token.py for where
             # before pre-processing, which turns a static-shape MatMul + Add into a 2-D Gemm
             with internal_step("static INT8: attention-sink rows apart (exporter.quant.sink_token)", source):
                 split, graph_rewrites = split_sink_rows(onnx.load(str(fp32_path)), sample.feeds(batch, 16))
-                if graph_rewrites:
+                if graph_rewrites and graph_rewrites[0]["applied"]:
                     source = tmp / "sink-split.onnx"
                     onnx.save(split, str(source))
-                    log.info(f"[{label}] FP32 rewrite: {_rewrite_text(graph_rewrites[0])}")
+                for rec in graph_rewrites:
+                    log.info(f"[{label}] FP32 rewrite: {_rewrite_text(rec)}")
         with internal_step("static INT8: pre-process (onnxruntime quant_pre_process)", prepped):
             quant_pre_process(str(source), str(prepped), skip_symbolic_shape=True)
         if preset.fallback == "uint16":  # an integer-only NPU (QNN's HTP): FP32 rewrites before any calibration

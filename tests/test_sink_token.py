@@ -69,7 +69,7 @@ def test_split_keeps_fp32_and_rescues_int8(tmp_path, data):
     assert sum(n.op_type == "Concat" for n in split.graph.node) == 2
     settings = QuantizeSection(calibration_samples=16, search=SearchSettings(enabled=False), speed_guard=False)
     preset = get_target("cpu").quantization.model_copy(update={"op_types": ["MatMul", "Gemm"]})
-    res = quantize_int8(fp32, tmp_path / "q.onnx", data, settings, preset, 1, 0)
+    res = quantize_int8(fp32, tmp_path / "q.onnx", data, settings, preset, 1, 0, split_sinks=True)
     assert [r["kind"] for r in res.graph_rewrites] == ["sink-token-split"]
     # the same quantization without the split: the rows the sink's scale flattens
     plain = tmp_path / "plain.onnx"
@@ -91,3 +91,12 @@ def test_no_sink_no_split(tmp_path, data):
     model = _export(SinkBlock(1.0), tmp_path / "flat.onnx")
     split, records = split_sink_rows(model, data.feeds(1, 8))
     assert records == [] and split is model
+
+
+def test_a_split_that_breaks_parity_is_skipped_and_said(tmp_path, data, monkeypatch):
+    from exporter.quant import sink_token
+
+    model = _export(SinkBlock(100.0), tmp_path / "sink2.onnx")
+    monkeypatch.setattr(sink_token, "fp32_parity", lambda a, b, feeds: 0.5)
+    split, records = sink_token.split_sink_rows(model, data.feeds(1, 8))
+    assert split is model and records[0]["applied"] is False and "differed by 0.5" in records[0]["why"]

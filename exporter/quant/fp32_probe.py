@@ -4,6 +4,8 @@ is an error, never a silent change)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -32,8 +34,9 @@ def fp32_parity(a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict]) -> fl
     return worst
 
 
-def probe_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> list[dict[str, np.ndarray]]:
-    """The FP32 values of tensors NAMES (exposed as extra outputs) for each feed."""
+def probe_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> Iterator[dict[str, np.ndarray]]:
+    """The FP32 values of tensors NAMES (exposed as extra outputs), one feed at a time (a list of
+    every feed's intermediates would hold gigabytes for a large encoder)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
@@ -41,4 +44,5 @@ def probe_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) ->
         helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in known
     )
     sess = probe_session(probe)
-    return [dict(zip(names, sess.run(names, feed), strict=True)) for feed in feeds]
+    for feed in feeds:
+        yield dict(zip(names, sess.run(names, feed), strict=True))

@@ -223,6 +223,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
         speed_replay=run.speed_replay,
         race_isa=req.isa if _raced(req) else None,
         race_replay=run.race_replay,
+        split_sinks=deployed,  # measured where onnxruntime's CPU kernels run the file (quant/sink_token.py)
     )
     preset_keys = (
         "format",
@@ -246,7 +247,7 @@ def _int8_run(req: Request, run: RunInputs, out: Path) -> Produced:
             "notes": q.notes,
             "search": q.search,
             "speed_guard": q.speed_guard,
-            "graph_rewrites": q.graph_rewrites,  # FP32 rewrites for an integer-only NPU, each with parity
+            "graph_rewrites": q.graph_rewrites,  # FP32 rewrites before calibration, each with parity
             "concat_parts": q.concat_parts,  # outputs concatenating far-apart ranges, and how they were kept apart
             "preset_race": q.preset_race,  # the configurations raced on a CPU target and the one kept
             "activations": _activations(q),

@@ -203,6 +203,7 @@ def race(
             f"no candidate met the accuracy budget {budget:g} quantized throughout; "
             "the search starts from the target's preset"
         )
+        _store(key, record)
         return preset, record
     p50 = _time_side_by_side({"fp32": baseline, **{r["candidate"]: files[r["candidate"]] for r in within}}, feed)
     for r in within:
@@ -212,10 +213,15 @@ def race(
     winner = next(r for r in within if r["p50_ms"] <= fastest * (1 + RACE_TIE_BAND))
     record.update(kept=winner["candidate"], fp32_p50_ms=round(p50["fp32"], 4), threads=1)
     log.info(f"[{label}] preset race: {winner['candidate']} kept ({winner['speed_vs_fp32']:.2f}x FP32 on this host)")
+    _store(key, record)
+    return _as(preset, entrants, winner["candidate"]), record
+
+
+def _store(key: str | None, record: dict) -> None:
+    """Keep the outcome for a rebuild on this host (a race without a winner too: it costs as much)."""
     if key is not None:
         with store.storing(CACHE_KIND, key) as folder:
             (folder / "race.json").write_text(json.dumps(record, sort_keys=True))
-    return _as(preset, entrants, winner["candidate"]), record
 
 
 def _named(entrants: list[Candidate], name: str) -> Candidate | None:
