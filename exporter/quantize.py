@@ -112,6 +112,7 @@ def quantize_int8(
             "16-bit activations need the QDQ format", path="targets", field="quantization.format", fix="use format: qdq"
         )
     sample = calibration.take(settings.calibration_samples, seed)
+    reference = speed_baseline or fp32_path  # what the race and the speed guard time INT8 against
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgex-quant-") as tmp_name:
         tmp = Path(tmp_name)
@@ -212,12 +213,12 @@ def quantize_int8(
                     checked,
                     budget,
                     speed_feed,
-                    speed_baseline or fp32_path,
+                    reference,
                     label,
                     race_replay,
                     facts={
                         "model": sha256_file(prepped),
-                        "baseline": sha256_file(speed_baseline or fp32_path),
+                        "baseline": sha256_file(reference),
                         "calibration": data_for(settings.calibration_method).digest,
                         "method": settings.calibration_method,
                         "feed": feed_digest(speed_feed, None),
@@ -261,7 +262,6 @@ def quantize_int8(
         if guarded and speed_replay is not None:
             chosen, guard = replay_guard(speed_replay, prepped, chosen, result, requantize, label)
         elif guarded and checked is not None and budget is not None:
-            reference = speed_baseline or fp32_path
             with internal_step("static INT8: speed guard", chosen):
                 chosen, guard = speed_guard(
                     reference, prepped, chosen, result, requantize, checked, budget, speed_feed, method, label
