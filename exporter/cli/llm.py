@@ -1,0 +1,66 @@
+"""Commands for decoder language models: `edgex gguf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exporter.cli.common import JSON_OPT, command, emit
+
+
+def _text(record: dict) -> str:
+    int4 = record["int4"]
+    lines = [
+        f"source: {record['source']['file']} ({', '.join(f'{n} {k}' for k, n in sorted(record['source']['tensor_types'].items()))})",
+        f"int4: {int4['on_source_grid']} weights on the source grid {int4['kinds']}; kept float: {len(int4['kept_float'])}",
+        f"sizes MB: {record['sizes_mb']}",
+    ]
+    judged = record["judged"]
+    if judged:
+        agree = [p["agree"] for p in judged["prompts"]]
+        lines += [
+            f"perplexity on {judged['eval_tokens']} held-out tokens: FP32 {judged['perplexity_fp32']:.2f}, "
+            f"INT4 {judged['perplexity_int4']:.2f} ({judged['perplexity_rise']:+.1%})",
+            f"greedy tokens equal to FP32's (of {len(judged['prompts'][0]['fp32_tokens'])}) per prompt: {agree}",
+        ]
+    else:
+        lines.append("not judged on text: the GGUF carries no tokenizer")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New folder to write.")
+@click.option(
+    "--accuracy-level",
+    type=click.Choice(["0", "4"]),
+    default="4",
+    show_default=True,
+    help="MatMulNBits compute: 4 = int8 activations per block (fast), 0 = float.",
+)
+@click.option(
+    "--max-ppl-rise",
+    type=click.FloatRange(0),
+    default=0.10,
+    show_default=True,
+    help="Largest allowed INT4 perplexity rise over FP32 (exit 1 above it).",
+)
+@click.option("--eval-sentences", type=click.IntRange(1), default=200, show_default=True)
+@JSON_OPT
+@command
+def gguf(model: Path, out: Path, accuracy_level: str, max_ppl_rise: float, eval_sentences: int, as_json: bool) -> int:
+    """Export a GGUF decoder (e.g. SmolLM2 Q4_1) to ONNX with its KV cache: FP32, and INT4 on the
+    GGUF's own quantization grid (no second rounding), judged on held-out text.
+
+    \b
+    Example: edgex gguf SmolLM2-135M-Instruct.Q4_1.gguf --out build/smollm2
+    """
+    from exporter.llm.gguf_build import GgufOptions, export_gguf
+
+    options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences)
+    emit(export_gguf(model, out, options), as_json, _text)
+    return 0
+
+
+COMMANDS = [gguf]

@@ -1,0 +1,150 @@
+"""GGUF decoders: INT4 on the source's own grid, judged on text (a tiny Llama GGUF built here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from gguf_tiny import write_tiny_gguf
+
+from exporter.cli import cli
+from exporter.errors import GateFailure
+from exporter.llm import decode, gguf_grid, source_grid
+from exporter.llm.gguf_build import GgufOptions, export_gguf, ppl_problem
+from exporter.llm.gguf_source import export_with_past, load_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny GGUF, its grid, the loaded model and its FP32 export with KV cache."""
+    folder = tmp_path_factory.mktemp("gguf")
+    path = write_tiny_gguf(folder / "tiny.gguf")
+    grid, types = gguf_grid.read_grid(path)
+    loaded = load_gguf(path, types)
+    fp32 = export_with_past(loaded, folder / "fp32")
+    return path, grid, types, loaded, fp32
+
+
+def _logits(path, ids):
+    session = decode.open_session(path)
+    logits, _ = decode.run_step(session, ids, decode.empty_past(session), 0)
+    return logits
+
+
+def _rewritten(fp32, grid, tmp_path, level=0):
+    model = onnx.load(str(fp32))
+    record = source_grid.rewrite_on_grid(model, source_grid.grid_index(grid), accuracy_level=level)
+    out = tmp_path / "int4.onnx"
+    onnx.save(model, str(out))
+    return out, record, model
+
+
+IDS = np.array([[5, 17, 99, 3, 250, 42, 42, 7, 128, 64, 1, 2]], np.int64)
+
+
+def test_every_quantized_weight_goes_on_its_source_grid(tiny, tmp_path):
+    _, grid, types, _, fp32 = tiny
+    assert types == {"Q8_0": 1, "F32": 5, "Q4_1": 13, "Q4_0": 1}
+    _, record, model = _rewritten(fp32, grid, tmp_path)
+    assert record.as_record()["kinds"] == {"Q4_1": 13, "Q4_0": 1, "Q8_0": 1}  # the tied lm_head via Transpose too
+    assert record.kept_float == []
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulNBits" in ops and not any(
+        n.op_type == "MatMul" and n.input[1] in {i.name for i in model.graph.initializer} and "Mins" not in n.name
+        for n in model.graph.node
+    )
+
+
+def test_float_compute_gives_the_fp32_logits(tiny, tmp_path):
+    """Nothing re-rounded: in float compute the INT4 file is the dequantized GGUF."""
+    _, grid, _, _, fp32 = tiny
+    int4, _, _ = _rewritten(fp32, grid, tmp_path)
+    want, got = _logits(fp32, IDS), _logits(int4, IDS)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+def test_kv_cache_steps_match_one_full_pass(tiny, tmp_path):
+    _, grid, _, _, fp32 = tiny
+    int4, _, _ = _rewritten(fp32, grid, tmp_path, level=4)
+    session = decode.open_session(int4)
+    full, _ = decode.run_step(session, IDS, decode.empty_past(session), 0)
+    _, past = decode.run_step(session, IDS[:, :8], decode.empty_past(session), 0)
+    last, _ = decode.run_step(session, IDS[:, 8:], past, 8)
+    assert np.allclose(last[0], full[0, 8:], atol=2e-3 * np.abs(full).max())
+
+
+def test_a_misread_grid_is_never_shipped(tiny, tmp_path, monkeypatch):
+    """Decoded in the wrong nibble order, no weight matches the model's: all stay float, and say so."""
+    path, _, _, _, fp32 = tiny
+    monkeypatch.setattr(
+        gguf_grid, "_nibbles", lambda packed: np.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:-1], -1)
+    )
+    grid, _ = gguf_grid.read_grid(path)
+    _, record, _ = _rewritten(fp32, grid, tmp_path)
+    assert record.as_record()["kinds"] == {"Q8_0": 1}
+    assert len(record.kept_float) == 14
+
+
+def test_a_mispacked_file_fails_the_float_compute_check(tiny, tmp_path, monkeypatch):
+    path = tiny[0]
+    monkeypatch.setattr(source_grid, "_pack4", lambda codes: _swap_nibbles(codes))
+    with pytest.raises(GateFailure, match="differ from PyTorch"):
+        export_gguf(path, tmp_path / "out", GgufOptions(eval_sentences=4))
+    assert not (tmp_path / "out").exists()
+
+
+def _swap_nibbles(codes):
+    n, k = codes.shape
+    pairs = codes.reshape(n, k // 32, 16, 2)
+    return (pairs[..., 1] | (pairs[..., 0] << 4)).astype(np.uint8)
+
+
+def test_perplexity_is_pytorchs(tiny):
+    import torch
+
+    _, _, _, loaded, fp32 = tiny
+    seqs = [[5, 17, 99, 3, 250, 42], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    ppl, count = decode.perplexity(decode.open_session(fp32), seqs)
+    nll = 0.0
+    with torch.no_grad():
+        for seq in seqs:
+            ids = torch.tensor([seq])
+            nll += float(loaded.model(ids, labels=ids).loss) * (len(seq) - 1)
+    assert count == 13
+    assert ppl == pytest.approx(np.exp(nll / count), rel=1e-4)
+
+
+def test_the_perplexity_gate():
+    assert ppl_problem(50.0, 53.0, 0.10) is None
+    assert "+30.0%" in ppl_problem(50.0, 65.0, 0.10)
+    assert ppl_problem(50.0, float("nan"), 0.10) is not None
+
+
+def test_cli_writes_both_files_and_the_record(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["gguf", str(tiny[0]), "--out", str(out), "--eval-sentences", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "record.json").read_text())
+    assert record["ok"] and record["int4"]["on_source_grid"] == 15
+    assert record["int4_float_compute_logit_diff"] < 1e-3
+    judged = record["judged"]
+    assert judged["eval_sentences"] == 8 and judged["eval_tokens"] > 100
+    assert np.isfinite(judged["perplexity_fp32"]) and len(judged["prompts"]) == 5
+    assert all(0 <= p["agree"] <= 20 for p in judged["prompts"])
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "int4", "record.json", "tokenizer"]
+
+
+@pytest.mark.parametrize("content", [None, b"not a gguf at all"])
+def test_bad_input_is_one_line_exit_2(tmp_path, content):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["gguf", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "model.gguf" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
