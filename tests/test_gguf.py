@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 from gguf_tiny import write_tiny_gguf
 
 from exporter.cli import cli
@@ -53,7 +54,9 @@ def test_every_quantized_weight_goes_on_its_source_grid(tiny, tmp_path):
     assert record.kept_float == []
     ops = {n.op_type for n in model.graph.node}
     assert "MatMulNBits" in ops and not any(
-        n.op_type == "MatMul" and n.input[1] in {i.name for i in model.graph.initializer} and "Mins" not in n.name
+        n.op_type == "MatMul"
+        and n.input[1] in {i.name for i in model.graph.initializer}
+        and not n.name.startswith("grid")
         for n in model.graph.node
     )
 
@@ -136,6 +139,39 @@ def test_cli_writes_both_files_and_the_record(tiny, tmp_path):
     assert all(0 <= p["agree"] <= 20 for p in judged["prompts"])
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "int4", "record.json", "tokenizer"]
+
+
+def test_the_tokenizer_is_put_back_as_the_gguf_describes(tiny):
+    """transformers rebuilds a GPT-2 vocabulary with byte fallback, a SentencePiece decoder and a BOS
+    the GGUF does not ask for; the repaired tokenizer adds no BOS and decodes what it encodes."""
+    loaded = tiny[3]
+    assert len(loaded.tokenizer_repairs) == 4, loaded.tokenizer_repairs
+    ids = loaded.tokenizer("Hello there, the end.")["input_ids"]
+    assert ids[0] != 0 and -1 not in ids
+    assert loaded.tokenizer.decode(ids) == "Hello there, the end."
+    assert loaded.tokenizer.eos_token_id == 1
+
+
+GENAI_PYTHON = ROOT / ".venv-genai" / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_genai_folder_from_the_builder_graph(tiny, tmp_path):
+    """onnxruntime-genai's builder graph (its own environment, `make genai-builder`), put on the grid,
+    written as genai folders that onnxruntime-genai loads: its tokenizer round-trips every text and
+    its greedy tokens are edgex's loop's on the same file."""
+    assert GENAI_PYTHON.is_file(), "run `make genai-builder` (make test does)"
+    out = tmp_path / "out"
+    record = export_gguf(tiny[0], out, GgufOptions(eval_sentences=8, genai_python=GENAI_PYTHON))
+    assert record["graph"] == "onnxruntime-genai builder"
+    assert record["int4"]["kinds"]["Q8_0"] == 1 and record["int4"]["on_source_grid"] >= 9  # q/k/v packed
+    assert record["int4"]["kept_float"] == []
+    assert record["int4_float_compute_logit_diff"] < 1e-3
+    for folder in ("fp32", "int4"):
+        assert (out / folder / "genai_config.json").is_file()
+    judged = record["judged"]
+    assert judged["genai_tokenizer"]["mismatched"] == 0 and judged["genai_tokenizer"]["texts"] == 13
+    assert all(p["genai_is_loop"] for p in judged["prompts"])
 
 
 @pytest.mark.parametrize("content", [None, b"not a gguf at all"])

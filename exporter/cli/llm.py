@@ -12,6 +12,7 @@ from exporter.cli.common import JSON_OPT, command, emit
 def _text(record: dict) -> str:
     int4 = record["int4"]
     lines = [
+        f"graph: {record['graph']}; tokenizer repaired: {'; '.join(record['tokenizer_repairs']) or 'nothing'}",
         f"source: {record['source']['file']} ({', '.join(f'{n} {k}' for k, n in sorted(record['source']['tensor_types'].items()))})",
         f"int4: {int4['on_source_grid']} weights on the source grid {int4['kinds']}; kept float: {len(int4['kept_float'])}",
         f"sizes MB: {record['sizes_mb']}",
@@ -24,6 +25,12 @@ def _text(record: dict) -> str:
             f"INT4 {judged['perplexity_int4']:.2f} ({judged['perplexity_rise']:+.1%})",
             f"greedy tokens equal to FP32's (of {len(judged['prompts'][0]['fp32_tokens'])}) per prompt: {agree}",
         ]
+        if "genai_tokenizer" in judged:
+            rt = judged["genai_tokenizer"]
+            lines.append(
+                f"onnxruntime-genai: tokenizer round trip {rt['texts'] - rt['mismatched']}/{rt['texts']} texts; "
+                f"greedy tokens equal to FP32's per prompt: {[p['genai_agree'] for p in judged['prompts']]}"
+            )
     else:
         lines.append("not judged on text: the GGUF carries no tokenizer")
     return "\n".join(lines)
@@ -47,9 +54,23 @@ def _text(record: dict) -> str:
     help="Largest allowed INT4 perplexity rise over FP32 (exit 1 above it).",
 )
 @click.option("--eval-sentences", type=click.IntRange(1), default=200, show_default=True)
+@click.option(
+    "--genai-python",
+    type=click.Path(path_type=Path),
+    help="Python of an environment with onnxruntime-genai's model builder (`make genai-builder`: "
+    ".venv-genai/bin/python): export its graph and write onnxruntime-genai folders.",
+)
 @JSON_OPT
 @command
-def gguf(model: Path, out: Path, accuracy_level: str, max_ppl_rise: float, eval_sentences: int, as_json: bool) -> int:
+def gguf(
+    model: Path,
+    out: Path,
+    accuracy_level: str,
+    max_ppl_rise: float,
+    eval_sentences: int,
+    genai_python: Path | None,
+    as_json: bool,
+) -> int:
     """Export a GGUF decoder (e.g. SmolLM2 Q4_1) to ONNX with its KV cache: FP32, and INT4 on the
     GGUF's own quantization grid (no second rounding), judged on held-out text.
 
@@ -58,7 +79,7 @@ def gguf(model: Path, out: Path, accuracy_level: str, max_ppl_rise: float, eval_
     """
     from exporter.llm.gguf_build import GgufOptions, export_gguf
 
-    options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences)
+    options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences, genai_python=genai_python)
     emit(export_gguf(model, out, options), as_json, _text)
     return 0
 

@@ -1,12 +1,13 @@
 """Running an exported decoder with its KV cache in onnxruntime, and what a decoder is judged on:
 perplexity on held-out text, greedy agreement with FP32, time to first token, decode tokens/s.
 
-Written against the input names optimum's text-generation-with-past export uses (`input_ids`,
+Written against the input names of optimum's text-generation-with-past export and onnxruntime-genai's builder (`input_ids`,
 `attention_mask`, `position_ids`, `past_key_values.{i}.key|value` -> `logits`, `present.{i}.*`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,13 +15,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+_HEAD_SIZE: dict[int, int] = {}  # id(session) -> head size, when the file leaves it symbolic
+
 
 def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    config = Path(path).parent / "genai_config.json"  # onnxruntime-genai's files name it `kv_cache_dim`
+    if config.is_file():
+        _HEAD_SIZE[id(session)] = int(json.loads(config.read_text())["model"]["decoder"]["head_size"])
+    return session
 
 
 def empty_past(session: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -29,19 +36,22 @@ def empty_past(session: ort.InferenceSession) -> dict[str, np.ndarray]:
     for inp in session.get_inputs():
         if inp.name.startswith("past_key_values."):
             heads, head_dim = inp.shape[1], inp.shape[3]
+            if not isinstance(head_dim, int):
+                head_dim = _HEAD_SIZE[id(session)]
             past[inp.name] = np.zeros((1, heads, 0, head_dim), np.float32)
     return past
+
+
+def _input_names(session: ort.InferenceSession) -> set[str]:
+    return {inp.name for inp in session.get_inputs()}
 
 
 def run_step(session: ort.InferenceSession, ids: np.ndarray, past: dict, start: int) -> tuple[np.ndarray, dict]:
     """One forward over `ids` [1, n] after `start` cached positions: (logits [1, n, V], the new past)."""
     n = ids.shape[1]
-    feed = {
-        "input_ids": ids.astype(np.int64),
-        "attention_mask": np.ones((1, start + n), np.int64),
-        "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
-        **past,
-    }
+    feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((1, start + n), np.int64), **past}
+    if "position_ids" in _input_names(session):  # optimum's export; onnxruntime-genai's derives positions
+        feed["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
     names = [out.name for out in session.get_outputs()]
     outs = session.run(None, feed)
     new_past = {name.replace("present.", "past_key_values."): v for name, v in zip(names[1:], outs[1:])}

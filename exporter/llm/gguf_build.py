@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,9 @@ import onnx
 
 from exporter import log
 from exporter.errors import GateFailure
-from exporter.llm import decode
+from exporter.llm import decode, genai_check
 from exporter.llm.gguf_grid import read_grid
-from exporter.llm.gguf_source import check_logits, export_with_past, load_gguf
+from exporter.llm.gguf_source import check_logits, export_with_genai_builder, export_with_past, load_gguf
 from exporter.llm.source_grid import grid_index, rewrite_on_grid, set_accuracy_level
 from exporter.staging import staged_output
 
@@ -39,6 +41,7 @@ class GgufOptions:
     max_ppl_rise: float = 0.10
     eval_sentences: int = EVAL_SENTENCES
     new_tokens: int = 20
+    genai_python: Path | None = None  # an environment with onnxruntime-genai's builder: its graph, a genai folder
 
 
 def _sha256(path: Path) -> str:
@@ -75,8 +78,18 @@ def _judge(folder: Path, tokenizer, options: GgufOptions) -> dict:
     for ids in _prompt_ids(tokenizer):
         ref, _, _ = decode.greedy(sessions["fp32"], ids, options.new_tokens)
         got, _, _ = decode.greedy(sessions["int4"], ids, options.new_tokens)
-        prompts.append({"prompt_tokens": ids, "fp32_tokens": ref, "agree": decode.agreement(got, ref)})
+        prompts.append(
+            {"prompt_tokens": ids, "fp32_tokens": ref, "int4_tokens": got, "agree": decode.agreement(got, ref)}
+        )
     result["prompts"] = prompts
+    if (folder / "int4" / "genai_config.json").is_file():
+        texts = [tokenizer.decode(s) for s in sequences] + list(PROMPTS)
+        result["genai_tokenizer"] = genai_check.tokenizer_round_trip(folder / "int4", tokenizer, texts)
+        genai = genai_check.genai_greedy(folder / "int4", [p["prompt_tokens"] for p in prompts], options.new_tokens)
+        for prompt, tokens in zip(prompts, genai):
+            prompt["genai_tokens"] = tokens
+            prompt["genai_agree"] = decode.agreement(tokens, prompt["fp32_tokens"])
+            prompt["genai_is_loop"] = tokens == prompt["int4_tokens"][: len(tokens)]  # genai stops at EOS
     return result
 
 
@@ -87,17 +100,27 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
     record: dict = {
         "source": {"file": gguf_path.name, "sha256": _sha256(gguf_path), "tensor_types": types},
         "architecture": loaded.architecture,
+        "tokenizer_repairs": loaded.tokenizer_repairs,
         "accuracy_level": options.accuracy_level,
     }
     with staged_output(out) as tmp:
-        log.info("exporting the FP32 decoder with its KV cache (optimum)")
-        with log.quiet_libraries(), log.stdout_to_stderr():
-            fp32 = export_with_past(loaded, tmp / "fp32")
+        if options.genai_python is not None:
+            log.info("exporting the FP32 decoder with onnxruntime-genai's builder (its own environment)")
+            with tempfile.TemporaryDirectory() as work:
+                fp32 = export_with_genai_builder(loaded, tmp / "fp32", options.genai_python, Path(work))
+        else:
+            log.info("exporting the FP32 decoder with its KV cache (optimum)")
+            with log.quiet_libraries(), log.stdout_to_stderr():
+                fp32 = export_with_past(loaded, tmp / "fp32")
+        record["graph"] = "onnxruntime-genai builder" if options.genai_python else "optimum text-generation-with-past"
         probe = [[(7 * i + 3) % loaded.model.config.vocab_size for i in range(16)]]
         record["fp32_logit_diff_vs_pytorch"] = check_logits(loaded, fp32, np.array(probe, np.int64))
         model = onnx.load(str(fp32))
         rewrite = rewrite_on_grid(model, grid_index(grid), accuracy_level=0)
         (tmp / "int4").mkdir()
+        for extra in fp32.parent.iterdir():  # genai_config.json, tokenizer files, chat template
+            if not extra.name.startswith("model.onnx"):
+                shutil.copy(extra, tmp / "int4" / extra.name)
         int4 = tmp / "int4" / "model.onnx"
         onnx.save(model, str(int4))
         # in float compute the grid file must give the FP32 export's logits: the codes, scales and
@@ -107,17 +130,22 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
         onnx.save(model, str(int4))
         record["int4"] = rewrite.as_record()
         if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            if options.genai_python is None:
+                loaded.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             record["judged"] = _judge(tmp, loaded.tokenizer, options)
         else:
             record["judged"] = None  # no tokenizer in the GGUF: nothing to measure text on
-        record["sizes_mb"] = {n: round((tmp / n / "model.onnx").stat().st_size / 1e6, 1) for n in ("fp32", "int4")}
+        record["sizes_mb"] = {n: round(_model_bytes(tmp / n) / 1e6, 1) for n in ("fp32", "int4")}
         problem = _gate(record, options)
         record["ok"] = problem is None
         (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if problem:
         raise GateFailure(f"{out}: {problem} (the files and record.json are written)")
     return record
+
+
+def _model_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("model.onnx*"))
 
 
 def ppl_problem(fp32: float, int4: float, max_rise: float) -> str | None:

@@ -26,17 +26,17 @@ class GridWeight:
     """One weight [N out, K in] as w = scale * (code - offset) + min, per block of 32 along K."""
 
     name: str
-    kind: str  # Q4_0 | Q4_1 | Q8_0
+    kind: str  # Q4_0 | Q4_1 | Q8_0 (several joined by "+" for a packed weight)
     codes: np.ndarray  # [N, K] uint8: 0..15 (4-bit) or 0..255 (8-bit, int8 code + 128)
     scales: np.ndarray  # [N, K/32] float32
     mins: np.ndarray | None  # [N, K/32] float32 (Q4_1 only)
 
     @property
     def bits(self) -> int:
-        return 8 if self.kind == "Q8_0" else 4
+        return 8 if self.kind.startswith("Q8") else 4
 
     def dequantized(self) -> np.ndarray:
-        offset = 128 if self.bits == 8 else (0 if self.kind == "Q4_1" else 8)
+        offset = 128 if self.bits == 8 else (0 if self.mins is not None else 8)
         n, k = self.codes.shape
         blocks = (self.codes.reshape(n, k // BLOCK, BLOCK).astype(np.float32) - offset) * self.scales[..., None]
         if self.mins is not None:
@@ -70,6 +70,22 @@ def _llama_row_order(rows: int, heads: int) -> np.ndarray:
     on load, so the grid's rows are put back in transformers' order to match the exported weights."""
     half = rows // heads // 2
     return np.arange(rows).reshape(heads, half, 2).swapaxes(2, 1).reshape(rows)
+
+
+def tokenizer_facts(path: Path) -> dict:
+    """What the GGUF says about its tokenizer: model kind, whether a BOS is added, the EOS id."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def value(key: str):
+        return fields[key].contents() if key in fields else None
+
+    return {
+        "model": value("tokenizer.ggml.model"),
+        "add_bos_token": value("tokenizer.ggml.add_bos_token"),
+        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+    }
 
 
 def read_grid(path: Path) -> tuple[dict[tuple[int, int], list[GridWeight]], dict[str, int]]:

@@ -17,6 +17,7 @@ import numpy as np
 from exporter import hf as _offline  # noqa: F401  (sets the offline environment first)
 from exporter.errors import GateFailure, UsageError
 from exporter.llm import decode
+from exporter.llm.gguf_grid import tokenizer_facts
 
 EXPORT_TASK = "text-generation-with-past"
 OPSET = 18  # optimum's minimum for llama; 17 exported but warned the graph may be suboptimal
@@ -29,6 +30,7 @@ class LoadedDecoder:
     tokenizer: object | None  # None when the GGUF carries no tokenizer
     architecture: str
     source_types: dict[str, int]  # GGUF tensor types and how many of each (the source's quantization)
+    tokenizer_repairs: list[str]  # what was put back in the tokenizer transformers rebuilt
 
 
 def _quiet():
@@ -62,7 +64,38 @@ def load_gguf(path: Path, source_types: dict[str, int]) -> LoadedDecoder:
         except (ValueError, KeyError, OSError, TypeError):
             tokenizer = None
     model.eval()
-    return LoadedDecoder(model, tokenizer, model.config.model_type, dict(source_types))
+    repairs = repair_tokenizer(tokenizer, tokenizer_facts(path)) if tokenizer is not None else []
+    return LoadedDecoder(model, tokenizer, model.config.model_type, dict(source_types), repairs)
+
+
+def repair_tokenizer(tokenizer, facts: dict) -> list[str]:
+    """transformers 4.57 rebuilds a GGUF's GPT-2 (byte-level BPE) vocabulary as a hybrid: BPE with
+    SentencePiece byte fallback, a SentencePiece decoder before the byte-level one, and a template
+    that puts the BOS token before every text even when the GGUF says `add_bos_token: false`.
+    transformers itself still round-trips, but onnxruntime-genai's tokenizer reads that file as
+    [19556, -1, -1, -1, ...] for "Hello world, this is a test." on SmolLM2, and every sequence
+    gains a token the model was not trained to see first. Put back what the GGUF describes."""
+    if facts.get("model") != "gpt2":
+        return []
+    from tokenizers import decoders, processors
+
+    backend = tokenizer.backend_tokenizer
+    done = []
+    if getattr(backend.model, "byte_fallback", False):
+        backend.model.byte_fallback = False
+        done.append("BPE byte_fallback off (byte-level vocabulary)")
+    if type(backend.decoder).__name__ != "ByteLevel":
+        backend.decoder = decoders.ByteLevel()
+        done.append("decoder: ByteLevel")
+    if facts.get("add_bos_token") is False and type(backend.post_processor).__name__ != "ByteLevel":
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+        tokenizer.add_bos_token = False
+        done.append("no BOS token added (GGUF add_bos_token: false)")
+    eos = facts.get("eos_token_id")
+    if eos is not None and tokenizer.eos_token_id != eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(eos))
+        done.append(f"EOS token {tokenizer.eos_token!r} (GGUF eos_token_id {eos})")
+    return done
 
 
 def export_with_past(loaded: LoadedDecoder, out_dir: Path) -> Path:
@@ -90,3 +123,36 @@ def check_logits(loaded: LoadedDecoder, onnx_path: Path, ids: np.ndarray) -> flo
     if not np.isfinite(diff) or diff > PARITY_ATOL:
         raise GateFailure(f"{onnx_path}: exported logits differ from PyTorch's by {diff:.2e} (allowed {PARITY_ATOL})")
     return diff
+
+
+def export_with_genai_builder(loaded: LoadedDecoder, out_dir: Path, python: Path, work: Path) -> Path:
+    """onnxruntime-genai's model builder (GroupQueryAttention, rotary inside, packed QKV,
+    genai_config.json), FP32, run by `python`: the builder needs transformers 5, which optimum-onnx
+    does not allow beside it, so it lives in its own environment (`make genai-builder`).
+    The builder's tokenizer files are replaced by the repaired tokenizer."""
+    import subprocess
+
+    if not python.is_file():
+        raise UsageError(
+            "no such Python", path=python, field="--genai-python", fix="run `make genai-builder` or give its python"
+        )
+    hf_dir = work / "hf"
+    loaded.model.save_pretrained(str(hf_dir), safe_serialization=True)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(str(hf_dir))
+    cmd = [str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir)]
+    cmd += ["-p", "fp32", "-e", "cpu", "-c", str(work / "builder-cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not (out_dir / "model.onnx").is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UsageError(
+            f"onnxruntime-genai's builder failed ({last})",
+            path=python,
+            field="--genai-python",
+            fix="give the python of an environment made by `make genai-builder`",
+        )
+    if loaded.tokenizer is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (out_dir / name).unlink(missing_ok=True)
+        loaded.tokenizer.save_pretrained(str(out_dir))
+    return out_dir / "model.onnx"
