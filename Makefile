@@ -55,7 +55,7 @@ smollm2: $(STAMP)
 # onnxruntime-genai's model builder needs transformers 5, which optimum-onnx (< 4.58) does not allow
 # beside it: it gets its own environment, used by `edgex gguf --genai-python .venv-genai/bin/python`.
 GENAI := .venv-genai
-$(GENAI)/.installed:
+$(GENAI)/.installed: $(BIN)/python
 	$(PYTHON) -m venv $(GENAI)
 	$(GENAI)/bin/python -m pip install -qq --upgrade pip
 	$(GENAI)/bin/python -m pip install -qq torch==2.13.0 transformers==5.25.0 onnxruntime-genai==0.18.0 \

@@ -14,7 +14,7 @@ tar xzf "$work/llama_cpp_python-$VERSION.tar.gz" -C "$work"
 src="$work/llama_cpp_python-$VERSION/vendor/llama.cpp"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
-cmake --build "$work/build" -j"$(nproc)" --target llama-bench >/dev/null
+cmake --build "$work/build" -j"$(nproc)" --target llama-bench >"$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }
 mkdir -p "$OUT/bin"
 cp "$work/build/bin/llama-bench" "$OUT/bin/"
 echo "llama-cpp-python $VERSION sdist" > "$OUT/COMMIT"

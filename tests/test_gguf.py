@@ -136,7 +136,9 @@ def test_cli_writes_both_files_and_the_record(tiny, tmp_path):
     judged = record["judged"]
     assert judged["eval_sentences"] == 8 and judged["eval_tokens"] > 100
     assert np.isfinite(judged["perplexity_fp32"]) and len(judged["prompts"]) == 5
-    assert all(0 <= p["agree"] <= 20 for p in judged["prompts"])
+    for p in judged["prompts"]:
+        assert len(p["fp32_tokens"]) == len(p["int4_tokens"]) == 20
+        assert p["agree"] == decode.agreement(p["int4_tokens"], p["fp32_tokens"])
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "int4", "record.json", "tokenizer"]
 
@@ -172,6 +174,57 @@ def test_genai_folder_from_the_builder_graph(tiny, tmp_path):
     judged = record["judged"]
     assert judged["genai_tokenizer"]["mismatched"] == 0 and judged["genai_tokenizer"]["texts"] == 13
     assert all(p["genai_is_loop"] for p in judged["prompts"])
+
+
+def test_a_perplexity_rise_fails_with_the_files_written(tiny, tmp_path, monkeypatch):
+    """The gate seen failing: scales tripled after the float-compute check, so INT4 reads wrongly."""
+    from exporter.llm import gguf_build
+
+    def corrupt(model, level):
+        source_grid.set_accuracy_level(model, level)
+        for init in model.graph.initializer:
+            if init.name.endswith("_scales"):
+                init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 3, init.name))
+
+    monkeypatch.setattr(gguf_build, "set_accuracy_level", corrupt)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["gguf", str(tiny[0]), "--out", str(out), "--eval-sentences", "8"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED: INT4 perplexity" in result.output
+    record = json.loads((out / "record.json").read_text())
+    assert record["ok"] is False and record["judged"]["perplexity_rise"] > 0.10
+
+
+def test_a_gguf_without_tokenizer_is_exported_but_not_judged(tmp_path):
+    path = write_tiny_gguf(tmp_path / "bare.gguf", tokenizer=False)
+    result = CliRunner().invoke(cli, ["gguf", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "not judged on text: the GGUF carries no tokenizer" in result.output
+    assert json.loads((tmp_path / "out" / "record.json").read_text())["judged"] is None
+
+
+def test_a_gguf_with_nothing_on_a_carried_grid_is_refused(tmp_path):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "f32.gguf"), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((64, 64), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = CliRunner().invoke(cli, ["gguf", str(tmp_path / "f32.gguf"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "no tensor in a block format" in result.output and "F32" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_out_is_refused_before_any_work(tiny, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    result = CliRunner().invoke(cli, ["gguf", str(tiny[0]), "--out", str(out)])
+    assert result.exit_code == 2 and "choose an empty or new folder" in result.output
+    assert (out / "mine.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("content", [None, b"not a gguf at all"])

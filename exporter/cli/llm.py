@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.common import JSON_OPT, command, emit
+from exporter.cli.common import JSON_OPT, command, emit_judged
 
 
 def _text(record: dict) -> str:
@@ -33,6 +33,8 @@ def _text(record: dict) -> str:
             )
     else:
         lines.append("not judged on text: the GGUF carries no tokenizer")
+    if record["problem"]:
+        lines.append(f"FAILED: {record['problem']} (the files and record.json are written)")
     return "\n".join(lines)
 
 
@@ -80,8 +82,7 @@ def gguf(
     from exporter.llm.gguf_build import GgufOptions, export_gguf
 
     options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences, genai_python=genai_python)
-    emit(export_gguf(model, out, options), as_json, _text)
-    return 0
+    return emit_judged(export_gguf(model, out, options), as_json, _text)
 
 
 COMMANDS = [gguf]

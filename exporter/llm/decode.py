@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-_HEAD_SIZE: dict[int, int] = {}  # id(session) -> head size, when the file leaves it symbolic
-
 
 def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
@@ -25,8 +23,8 @@ def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     config = Path(path).parent / "genai_config.json"  # onnxruntime-genai's files name it `kv_cache_dim`
-    if config.is_file():
-        _HEAD_SIZE[id(session)] = int(json.loads(config.read_text())["model"]["decoder"]["head_size"])
+    if config.is_file():  # the head size, which the file leaves symbolic
+        session.edgex_head_size = int(json.loads(config.read_text())["model"]["decoder"]["head_size"])
     return session
 
 
@@ -37,7 +35,7 @@ def empty_past(session: ort.InferenceSession) -> dict[str, np.ndarray]:
         if inp.name.startswith("past_key_values."):
             heads, head_dim = inp.shape[1], inp.shape[3]
             if not isinstance(head_dim, int):
-                head_dim = _HEAD_SIZE[id(session)]
+                head_dim = session.edgex_head_size
             past[inp.name] = np.zeros((1, heads, 0, head_dim), np.float32)
     return past
 

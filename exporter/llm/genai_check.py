@@ -16,7 +16,7 @@ def tokenizer_round_trip(folder: Path, tokenizer, texts: list[str]) -> dict:
     og_tok = og.Tokenizer(model)
     mismatches = []
     for text in texts:
-        want = tokenizer(text, add_special_tokens=False)["input_ids"]
+        want = tokenizer(text)["input_ids"]  # with the special tokens the GGUF asks for (BOS or not)
         got = [int(i) for i in og_tok.encode(text)]
         if got != want or og_tok.decode(want) != tokenizer.decode(want):
             mismatches.append(text)

@@ -2,9 +2,9 @@
 
 A GGUF model was already quantized by its publisher; quantizing its dequantized weights again onto
 another grid (onnxruntime's RTN, HQQ) adds a second rounding on top of the first, which is what cost
-every ONNX INT4 ~30-47% perplexity on SmolLM2. Reading the blocks lets the INT4 file carry the
+onnxruntime's INT4 14-26% perplexity on SmolLM2 (benchmarks/LLM.md). Reading the blocks lets the INT4 file carry the
 publisher's grid itself. Only the block formats that map onto onnxruntime's MatMulNBits are read;
-any other tensor stays float and is said so by the rewrite.
+a MatMul whose weight matches none stays float and is listed by the rewrite (`kept_float`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class GridWeight:
     """One weight [N out, K in] as w = scale * (code - offset) + min, per block of 32 along K."""
 
     name: str
-    kind: str  # Q4_0 | Q4_1 | Q8_0 (several joined by "+" for a packed weight)
+    kind: str  # Q4_0 | Q4_1 | Q8_0 (one per part, joined by "+", for a packed weight)
     codes: np.ndarray  # [N, K] uint8: 0..15 (4-bit) or 0..255 (8-bit, int8 code + 128)
     scales: np.ndarray  # [N, K/32] float32
     mins: np.ndarray | None  # [N, K/32] float32 (Q4_1 only)
@@ -72,11 +72,19 @@ def _llama_row_order(rows: int, heads: int) -> np.ndarray:
     return np.arange(rows).reshape(heads, half, 2).swapaxes(2, 1).reshape(rows)
 
 
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise UsageError(
+            "reading GGUF files needs the gguf package", field="gguf", fix="pip install 'edgex[llm]'"
+        ) from None
+    return gguf
+
+
 def tokenizer_facts(path: Path) -> dict:
     """What the GGUF says about its tokenizer: model kind, whether a BOS is added, the EOS id."""
-    import gguf
-
-    fields = gguf.GGUFReader(str(path)).fields
+    fields = _gguf().GGUFReader(str(path)).fields
 
     def value(key: str):
         return fields[key].contents() if key in fields else None
@@ -90,13 +98,27 @@ def tokenizer_facts(path: Path) -> dict:
 
 def read_grid(path: Path) -> tuple[dict[tuple[int, int], list[GridWeight]], dict[str, int]]:
     """Every 2-D tensor in a block format MatMulNBits can carry, keyed by its [N, K] shape, and a
-    count of all the file's tensor types (the source's quantization, recorded)."""
-    import gguf
-
+    count of all the file's tensor types (the source's quantization, recorded). A file that cannot
+    be read, or holds no such tensor, is refused (exit 2): its "INT4" file would be all float."""
+    gguf = _gguf()
+    if not path.is_file():
+        raise UsageError("no such file", path=path, fix="give the path of a .gguf model file")
     try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"not a readable GGUF file ({exc})", path=path, fix="give a .gguf model file") from None
+        grid, types = _read(gguf.GGUFReader(str(path)))
+    except Exception as exc:  # the reader raises OSError, ValueError, KeyError, IndexError on bad files
+        raise UsageError(
+            f"not a readable GGUF file ({type(exc).__name__}: {exc})", path=path, fix="give a .gguf model file"
+        ) from None
+    if not grid:
+        raise UsageError(
+            f"no tensor in a block format edgex carries into MatMulNBits (Q4_0, Q4_1, Q8_0); the file holds {types}",
+            path=path,
+            fix="give a Q4_0, Q4_1 or Q8_0 GGUF (llama.cpp's quantize tool writes them)",
+        )
+    return grid, types
+
+
+def _read(reader) -> tuple[dict[tuple[int, int], list[GridWeight]], dict[str, int]]:
     arch_field = reader.fields.get("general.architecture")
     arch = arch_field.contents() if arch_field is not None else None
 
@@ -104,7 +126,7 @@ def read_grid(path: Path) -> tuple[dict[tuple[int, int], list[GridWeight]], dict
         field = reader.fields.get(f"{arch}.{key}")
         return int(field.contents()) if field is not None else None
 
-    heads, kv_heads = meta("attention.head_count"), meta("attention.head_count_kv")
+    heads, kv_heads = (meta("attention.head_count"), meta("attention.head_count_kv")) if arch == "llama" else (0, 0)
     types: dict[str, int] = {}
     grid: dict[tuple[int, int], list[GridWeight]] = {}
     for tensor in reader.tensors:
@@ -115,9 +137,9 @@ def read_grid(path: Path) -> tuple[dict[tuple[int, int], list[GridWeight]], dict
         k, n = int(tensor.shape[0]), int(tensor.shape[1])  # GGUF lists dimensions innermost first
         weight = decode_blocks(kind, np.asarray(tensor.data), n, k)
         rows = None
-        if arch == "llama" and ".attn_q." in tensor.name and heads:
+        if ".attn_q." in tensor.name and heads and kv_heads:
             rows = _llama_row_order(n, heads)
-        elif arch == "llama" and ".attn_k." in tensor.name and kv_heads:
+        elif ".attn_k." in tensor.name and kv_heads:
             rows = _llama_row_order(n, kv_heads)
         if rows is not None:
             mins = weight.mins[rows] if weight.mins is not None else None

@@ -1,5 +1,6 @@
 """A GGUF decoder loaded through transformers (dequantized, with its tokenizer and chat template)
-and exported by optimum with its KV cache, the exported logits checked against PyTorch's.
+and exported with its KV cache, by optimum or by onnxruntime-genai's model builder (run in its own
+environment), the exported logits checked against PyTorch's.
 
 optimum's own validation is switched off because it printed "values not close enough" and wrote
 the model anyway; the check here fails the export instead.
@@ -42,9 +43,13 @@ def _quiet():
 
 def load_gguf(path: Path, source_types: dict[str, int]) -> LoadedDecoder:
     """transformers dequantizes the GGUF into a float model; what the file held is in `source_types`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise UsageError(
+            "GGUF decoders need transformers", field="transformers", fix="pip install 'edgex[llm]'"
+        ) from None
     if not path.is_file():
         raise UsageError("no such file", path=path, fix="give the path of a .gguf model file")
     _quiet()
@@ -59,12 +64,20 @@ def load_gguf(path: Path, source_types: dict[str, int]) -> LoadedDecoder:
                 field="general.architecture",
                 fix="give a GGUF of an architecture transformers reads (llama, qwen2, mistral, ...)",
             ) from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        except (ValueError, KeyError, OSError, TypeError):
-            tokenizer = None
+        facts = tokenizer_facts(path)
+        tokenizer = None
+        if facts.get("model") is not None:  # the GGUF has a tokenizer: failing to load it is not "none"
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            except (ValueError, KeyError, OSError, TypeError) as exc:
+                raise UsageError(
+                    f"transformers cannot build its tokenizer ({str(exc).splitlines()[0]})",
+                    path=path,
+                    field="tokenizer.ggml.model",
+                    fix="give a GGUF whose tokenizer transformers reads (gpt2 / llama vocabularies)",
+                ) from None
     model.eval()
-    repairs = repair_tokenizer(tokenizer, tokenizer_facts(path)) if tokenizer is not None else []
+    repairs = repair_tokenizer(tokenizer, facts) if tokenizer is not None else []
     return LoadedDecoder(model, tokenizer, model.config.model_type, dict(source_types), repairs)
 
 
@@ -89,7 +102,6 @@ def repair_tokenizer(tokenizer, facts: dict) -> list[str]:
         done.append("decoder: ByteLevel")
     if facts.get("add_bos_token") is False and type(backend.post_processor).__name__ != "ByteLevel":
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
-        tokenizer.add_bos_token = False
         done.append("no BOS token added (GGUF add_bos_token: false)")
     eos = facts.get("eos_token_id")
     if eos is not None and tokenizer.eos_token_id != eos:

@@ -33,10 +33,17 @@ class GridRewrite:
     kept_float: list[str] = field(default_factory=list)  # MatMul nodes with a constant weight no grid matched
 
     def as_record(self) -> dict:
+        """GGUF tensors carried (a packed q/k/v MatMul carries three), by GGUF type, and MatMul nodes."""
         kinds: dict[str, int] = {}
         for _, _, kind in self.replaced:
-            kinds[kind] = kinds.get(kind, 0) + 1
-        return {"on_source_grid": len(self.replaced), "kinds": kinds, "kept_float": list(self.kept_float)}
+            for one in kind.split("+"):  # a packed weight's kinds, one per GGUF tensor
+                kinds[one] = kinds.get(one, 0) + 1
+        return {
+            "on_source_grid": sum(kinds.values()),
+            "kinds": kinds,
+            "matmul_nodes": len(self.replaced),
+            "kept_float": list(self.kept_float),
+        }
 
 
 def _digest(values: np.ndarray) -> str:
@@ -91,10 +98,9 @@ def _join(parts: list[GridWeight]) -> GridWeight:
         mins = np.concatenate([p.mins if p.mins is not None else -8.0 * p.scales for p in parts])
     else:
         mins = None
-    kinds = sorted({p.kind for p in parts})
     return GridWeight(
         "+".join(p.name for p in parts),
-        "+".join(kinds) if len(kinds) > 1 else kinds[0],
+        "+".join(p.kind for p in parts),
         np.concatenate([p.codes for p in parts]),
         np.concatenate([p.scales for p in parts]),
         mins,
@@ -198,44 +204,45 @@ def rewrite_on_grid(model: onnx.ModelProto, index: GridIndex, accuracy_level: in
     inits = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     record = GridRewrite()
-    matches: dict[str, GridWeight] = {}
-    siblings: dict[tuple[str, int, int], list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    matches: dict[int, GridWeight] = {}  # by node index: names may be empty or repeated in files from elsewhere
+    siblings: dict[tuple[str, int, int], list[int]] = {}
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
         weight = _constant_weight(node, inits, producers)
         if weight is None or weight.ndim != 2:
             continue
         match = index.get(_digest(weight)) or _packed_match(weight, index)
         if match is None:
-            record.kept_float.append(node.name)
+            record.kept_float.append(node.name or f"MatMul #{i}")
             continue
-        matches[node.name] = match
-        siblings.setdefault((node.input[0], match.bits, match.codes.shape[1]), []).append(node)
-    group_of = {n.name: group for group in siblings.values() for n in group}
+        matches[i] = match
+        siblings.setdefault((node.input[0], match.bits, match.codes.shape[1]), []).append(i)
+    group_of = {i: group for group in siblings.values() for i in group}
     kept: list[onnx.NodeProto] = []
     writer = _Writer(accuracy_level, kept)
-    for node in graph.node:
-        if node.name not in matches:
+    for i, node in enumerate(nodes):
+        if i not in matches:
             kept.append(node)
             continue
-        group = group_of[node.name]
-        if node is not group[0]:
+        group = group_of[i]
+        if i != group[0]:
             continue  # written with the first of its siblings
-        prefix = "grid" + node.name.replace("/", "_").replace(".", "_")
-        joined = _join([matches[n.name] for n in group]) if len(group) > 1 else matches[node.name]
+        prefix = f"grid{i}_" + node.name.replace("/", "_").replace(".", "_")
+        joined = _join([matches[j] for j in group]) if len(group) > 1 else matches[i]
         out = node.output[0] if len(group) == 1 else prefix + "_joined"
         writer.matmul(node.input[0], out, joined, prefix)
         if len(group) > 1:
-            sizes = np.array([matches[n.name].codes.shape[0] for n in group], np.int64)
+            sizes = np.array([matches[j].codes.shape[0] for j in group], np.int64)
             kept.append(
                 helper.make_node(
                     "Split",
                     [out, writer.const(sizes, prefix + "_sizes")],
-                    [n.output[0] for n in group],
+                    [nodes[j].output[0] for j in group],
                     name=prefix + "_Split",
                     axis=-1,
                 )
             )
-        record.replaced += [(n.name, matches[n.name].name, matches[n.name].kind) for n in group]
+        record.replaced += [(nodes[j].name, matches[j].name, matches[j].kind) for j in group]
     graph.initializer.extend(writer.inits)
     _keep_live(graph, kept)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
