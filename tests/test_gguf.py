@@ -140,6 +140,9 @@ def test_cli_writes_both_files_and_the_record(tiny, tmp_path):
         assert len(p["fp32_tokens"]) == len(p["int4_tokens"]) == 20
         assert p["agree"] == decode.agreement(p["int4_tokens"], p["fp32_tokens"])
     assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert record["kv_cache"]["bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # layers x k,v x kv heads x head 16 x fp32
+    timing = record["host_timing"]
+    assert timing["prompt_tokens"] == 128 and timing["fp32"]["decode_tok_s"] > 0 and timing["int4"]["ttft_ms"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "int4", "record.json", "tokenizer"]
 
 

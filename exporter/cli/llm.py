@@ -15,8 +15,16 @@ def _text(record: dict) -> str:
         f"graph: {record['graph']}; tokenizer repaired: {'; '.join(record['tokenizer_repairs']) or 'nothing'}",
         f"source: {record['source']['file']} ({', '.join(f'{n} {k}' for k, n in sorted(record['source']['tensor_types'].items()))})",
         f"int4: {int4['on_source_grid']} weights on the source grid {int4['kinds']}; kept float: {len(int4['kept_float'])}",
-        f"sizes MB: {record['sizes_mb']}",
+        f"sizes MB: {record['sizes_mb']}; KV cache {record['kv_cache']['bytes_per_token'] / 1e3:.1f} kB per token, "
+        f"{record['kv_cache']['mb_at_context']} MB at the context length {record['kv_cache']['context_length']}",
     ]
+    timing = record["host_timing"]
+    lines.append(
+        f"this host ({timing['host']}, 1 thread; not a device figure): TTFT for {timing['prompt_tokens']} tokens "
+        f"FP32 {timing['fp32']['ttft_ms']:.0f} ms, INT4 {timing['int4']['ttft_ms']:.0f} ms; decode FP32 "
+        f"{timing['fp32']['decode_tok_s']} tok/s, INT4 {timing['int4']['decode_tok_s']} tok/s "
+        f"({timing['int4_decode_vs_fp32']}x)"
+    )
     judged = record["judged"]
     if judged:
         agree = [p["agree"] for p in judged["prompts"]]

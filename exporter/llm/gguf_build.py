@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from exporter import log
-from exporter.llm import decode, genai_check
+from exporter.llm import decode, footprint, genai_check
 from exporter.llm.gguf_grid import read_grid
 from exporter.llm.gguf_source import check_logits, export_with_genai_builder, export_with_past, load_gguf
 from exporter.llm.source_grid import grid_index, rewrite_on_grid, set_accuracy_level
@@ -137,6 +137,10 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
         else:
             record["judged"] = None  # no tokenizer in the GGUF: nothing to measure text on
         record["sizes_mb"] = {n: round(_model_bytes(tmp / n) / 1e6, 1) for n in ("fp32", "int4")}
+        record["kv_cache"] = footprint.kv_cache(loaded.model.config)
+        log.info("timing FP32 and INT4 side by side on this host (one thread)")
+        prompt = [(11 * i + 5) % loaded.model.config.vocab_size for i in range(footprint.PROMPT_TOKENS)]
+        record["host_timing"] = footprint.host_timing({n: tmp / n / "model.onnx" for n in ("fp32", "int4")}, prompt)
         record["problem"] = _gate(record, options)
         record["ok"] = record["problem"] is None
         (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
