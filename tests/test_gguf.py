@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import sys
 
 import numpy as np
 import onnx
@@ -228,6 +230,55 @@ def test_a_non_empty_out_is_refused_before_any_work(tiny, tmp_path):
     result = CliRunner().invoke(cli, ["gguf", str(tiny[0]), "--out", str(out)])
     assert result.exit_code == 2 and "choose an empty or new folder" in result.output
     assert (out / "mine.txt").read_text() == "keep"
+
+
+QNN_OK = sys.platform.startswith("linux") and platform.machine() == "x86_64"  # where the HTP emulator ships
+
+
+@pytest.fixture(scope="module")
+def qnn_record(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qnn") / "out"
+    options = GgufOptions(eval_sentences=8, qnn_soc=SA8295P, qnn_prompt_tokens=16, qnn_context=64)
+    return export_gguf(tiny[0], out, options), out
+
+
+SA8295P = {"soc_model": 39, "htp_arch": 68}
+
+
+@pytest.mark.skipif(not QNN_OK, reason="the QNN HTP emulator ships for linux x86_64 only")
+def test_qnn_prompt_and_token_graphs_run_whole_on_the_htp(qnn_record):
+    """AR-16 and AR-1 over a 64-position context, W8A16: every node on the HTP, loaded with CPU
+    fallback disabled, close to FP32 (AR-1 emulated), compiled to context binaries."""
+    record, out = qnn_record
+    assert record["ok"], record["problem"]
+    for name in ("ar16", "ar1"):
+        graph = record["qnn"]["graphs"][name]
+        assert graph["assignment"]["supported_nodes"] == graph["assignment"]["nodes"]
+        assert graph["loads_without_cpu_fallback"] and graph["mask_constants_made_finite"] >= 1
+        assert graph["logits_cosine_vs_fp32"] >= 0.98 and graph["top1_agreement_vs_fp32"] >= 0.9
+        assert (out / "qnn" / f"{name}.qdq.onnx").is_file() and (
+            out / "qnn" / graph["context_binary"]["file"]
+        ).is_file()
+    assert record["qnn"]["graphs"]["ar1"]["logits_from"] == "emulated HTP"
+
+
+@pytest.mark.skipif(not QNN_OK, reason="the QNN HTP emulator ships for linux x86_64 only")
+def test_an_infinite_mask_fill_fails_the_qnn_pair(tiny, tmp_path, monkeypatch):
+    """The gate seen failing: with the export's -inf mask fill left in, uint16 calibration breaks
+    the graph (the HTP refuses it, or its logits are far from FP32), and the command says so."""
+    from exporter.llm import qnn_decoder
+
+    monkeypatch.setattr(qnn_decoder, "MASK_FILL", float("inf"))
+    options = GgufOptions(eval_sentences=8, qnn_soc=SA8295P, qnn_prompt_tokens=16, qnn_context=64)
+    record = export_gguf(tiny[0], tmp_path / "out", options)
+    assert record["ok"] is False and record["problem"].startswith("QNN AR16")
+
+
+def test_qnn_profile_must_be_a_qnn_profile(tiny, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["gguf", str(tiny[0]), "--out", str(tmp_path / "o"), "--qnn-profile", "raspberry-pi-5-cpu"]
+    )
+    assert result.exit_code == 2 and "targets cpu, not qnn" in result.output
 
 
 @pytest.mark.parametrize("content", [None, b"not a gguf at all"])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.common import JSON_OPT, command, emit_judged
+from exporter.cli.common import JSON_OPT, command, emit_judged, get_profile
+from exporter.errors import UsageError
 
 
 def _text(record: dict) -> str:
@@ -41,6 +42,18 @@ def _text(record: dict) -> str:
             )
     else:
         lines.append("not judged on text: the GGUF carries no tokenizer")
+    for name, graph in (record.get("qnn") or {}).get("graphs", {}).items():
+        assignment = graph["assignment"] or {"supported_nodes": "?", "nodes": "?", "partitions": "?"}
+        lines.append(
+            f"QNN {name.upper()} (context {graph['context']}, W8A16): {assignment['supported_nodes']}/{assignment['nodes']} "
+            f"nodes on the HTP in {assignment['partitions']} partition(s); "
+            + (
+                f"loads without CPU fallback; logits cosine {graph['logits_cosine_vs_fp32']} vs FP32 "
+                f"({graph['logits_from']}); context binary {graph['context_binary']['bytes'] / 1e6:.0f} MB"
+                if graph["loads_without_cpu_fallback"]
+                else f"refused without CPU fallback: {graph['refusal']}"
+            )
+        )
     if record["problem"]:
         lines.append(f"FAILED: {record['problem']} (the files and record.json are written)")
     return "\n".join(lines)
@@ -70,15 +83,23 @@ def _text(record: dict) -> str:
     help="Python of an environment with onnxruntime-genai's model builder (`make genai-builder`: "
     ".venv-genai/bin/python): export its graph and write onnxruntime-genai folders.",
 )
+@click.option(
+    "--qnn-profile",
+    help="A QNN profile (e.g. sa8295p-qnn): also the AR-128 prompt and AR-1 token graphs, W8A16, checked on "
+    "the emulated HTP without CPU fallback and compiled to context binaries.",
+)
 @JSON_OPT
+@click.pass_context
 @command
 def gguf(
+    ctx: click.Context,
     model: Path,
     out: Path,
     accuracy_level: str,
     max_ppl_rise: float,
     eval_sentences: int,
     genai_python: Path | None,
+    qnn_profile: str | None,
     as_json: bool,
 ) -> int:
     """Export a GGUF decoder (e.g. SmolLM2 Q4_1) to ONNX with its KV cache: FP32, and INT4 on the
@@ -89,7 +110,15 @@ def gguf(
     """
     from exporter.llm.gguf_build import GgufOptions, export_gguf
 
-    options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences, genai_python=genai_python)
+    qnn_soc = None
+    if qnn_profile is not None:
+        prof = get_profile(ctx, qnn_profile)
+        if prof.target != "qnn":
+            raise UsageError(
+                f"profile '{prof.id}' targets {prof.target}, not qnn", field="--qnn-profile", fix="give a QNN profile"
+            )
+        qnn_soc = {k: int(prof.soc[k].value) if k in prof.soc else None for k in ("soc_model", "htp_arch")}
+    options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences, genai_python=genai_python, qnn_soc=qnn_soc)
     return emit_judged(export_gguf(model, out, options), as_json, _text)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from exporter import log
-from exporter.llm import decode, footprint, genai_check
+from exporter.hf.text import corpus
+from exporter.llm import decode, footprint, genai_check, qnn_decoder
 from exporter.llm.gguf_grid import read_grid
 from exporter.llm.gguf_source import check_logits, export_with_genai_builder, export_with_past, load_gguf
 from exporter.llm.source_grid import grid_index, rewrite_on_grid, set_accuracy_level
@@ -41,6 +42,9 @@ class GgufOptions:
     eval_sentences: int = EVAL_SENTENCES
     new_tokens: int = 20
     genai_python: Path | None = None  # an environment with onnxruntime-genai's builder: its graph, a genai folder
+    qnn_soc: dict | None = None  # {"soc_model", "htp_arch"} of a QNN profile: also the AR-N / AR-1 pair
+    qnn_prompt_tokens: int = 128
+    qnn_context: int = 512
 
 
 def _sha256(path: Path) -> str:
@@ -52,8 +56,6 @@ def _sha256(path: Path) -> str:
 
 
 def _eval_texts(count: int) -> list[str]:
-    from exporter.hf.text import corpus
-
     return corpus()["evaluation"][:count]
 
 
@@ -137,14 +139,52 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
         else:
             record["judged"] = None  # no tokenizer in the GGUF: nothing to measure text on
         record["sizes_mb"] = {n: round(_model_bytes(tmp / n) / 1e6, 1) for n in ("fp32", "int4")}
+        if options.qnn_soc is not None:
+            record["qnn"] = _qnn(loaded, fp32 if options.genai_python is None else None, tmp, options)
         record["kv_cache"] = footprint.kv_cache(loaded.model.config)
         log.info("timing FP32 and INT4 side by side on this host (one thread)")
         prompt = [(11 * i + 5) % loaded.model.config.vocab_size for i in range(footprint.PROMPT_TOKENS)]
         record["host_timing"] = footprint.host_timing({n: tmp / n / "model.onnx" for n in ("fp32", "int4")}, prompt)
-        record["problem"] = _gate(record, options)
+        record["problem"] = _gate(record, options) or (_qnn_problem(record["qnn"]) if "qnn" in record else None)
         record["ok"] = record["problem"] is None
         (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return record
+
+
+def _qnn(loaded, optimum_fp32: Path | None, tmp: Path, options: GgufOptions) -> dict:
+    """The QNN prompt/token pair, from optimum's export (the genai graph's contrib ops are CPU-only)."""
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+        if optimum_fp32 is None:
+            with log.quiet_libraries(), log.stdout_to_stderr():
+                optimum_fp32 = export_with_past(loaded, Path(work) / "optimum")
+        sequences = {
+            split: [loaded.tokenizer(t)["input_ids"] for t in corpus()[split][: 4 * options.qnn_context // 8]]
+            for split in ("calibration", "evaluation")
+        }
+        (tmp / "qnn").mkdir()
+        return qnn_decoder.qnn_pair(
+            optimum_fp32,
+            tmp / "qnn",
+            Path(work),
+            options.qnn_soc,
+            sequences,
+            options.qnn_prompt_tokens,
+            options.qnn_context,
+        )
+
+
+QNN_MIN_COSINE = 0.98  # logits vs the FP32 fixed graph on a held-out window (SmolLM2 AR-1: 0.996)
+
+
+def _qnn_problem(qnn: dict) -> str | None:
+    for name, graph in qnn["graphs"].items():
+        if not graph["loads_without_cpu_fallback"]:
+            return f"QNN {name.upper()} does not load on the HTP without CPU fallback: {graph['refusal']}"
+        if not graph["logits_cosine_vs_fp32"] >= QNN_MIN_COSINE:
+            return (
+                f"QNN {name.upper()} logits cosine {graph['logits_cosine_vs_fp32']} vs FP32 is under {QNN_MIN_COSINE}"
+            )
+    return None
 
 
 def _model_bytes(folder: Path) -> int:
