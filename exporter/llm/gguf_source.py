@@ -101,6 +101,7 @@ def repair_tokenizer(tokenizer, facts: dict) -> list[str]:
         backend.decoder = decoders.ByteLevel()
         done.append("decoder: ByteLevel")
     if facts.get("add_bos_token") is False and type(backend.post_processor).__name__ != "ByteLevel":
+        tokenizer.add_bos_token = False  # first: setting it rebuilds the post-processor; saved in tokenizer_config
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
         done.append("no BOS token added (GGUF add_bos_token: false)")
     eos = facts.get("eos_token_id")
