@@ -14,7 +14,7 @@ from conftest import ROOT
 from gguf_tiny import write_tiny_gguf
 
 from exporter.cli import cli
-from exporter.errors import GateFailure
+from exporter.errors import GateFailure, UsageError
 from exporter.llm import decode, gguf_grid, source_grid
 from exporter.llm.gguf_build import GgufOptions, export_gguf, ppl_problem
 from exporter.llm.gguf_source import export_with_past, load_gguf
@@ -142,6 +142,10 @@ def test_cli_writes_both_files_and_the_record(tiny, tmp_path):
         assert len(p["fp32_tokens"]) == len(p["int4_tokens"]) == 20
         assert p["agree"] == decode.agreement(p["int4_tokens"], p["fp32_tokens"])
     assert (out / "tokenizer" / "tokenizer.json").is_file()
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(out / "tokenizer")  # the repair survives a save and a reload
+    assert reloaded("Hello there")["input_ids"][0] != 0
     assert record["kv_cache"]["bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # layers x k,v x kv heads x head 16 x fp32
     timing = record["host_timing"]
     assert timing["prompt_tokens"] == 128 and timing["fp32"]["decode_tok_s"] > 0 and timing["int4"]["ttft_ms"] > 0
@@ -254,24 +258,30 @@ def test_qnn_prompt_and_token_graphs_run_whole_on_the_htp(qnn_record):
     for name in ("ar16", "ar1"):
         graph = record["qnn"]["graphs"][name]
         assert graph["assignment"]["supported_nodes"] == graph["assignment"]["nodes"]
-        assert graph["loads_without_cpu_fallback"] and graph["mask_constants_made_finite"] >= 1
+        assert graph["loads_without_cpu_fallback"] and len(graph["mask_fills_made_finite"]) >= 1
         assert graph["logits_cosine_vs_fp32"] >= 0.98 and graph["top1_agreement_vs_fp32"] >= 0.9
-        assert (out / "qnn" / f"{name}.qdq.onnx").is_file() and (
-            out / "qnn" / graph["context_binary"]["file"]
-        ).is_file()
-    assert record["qnn"]["graphs"]["ar1"]["logits_from"] == "emulated HTP"
+    names = {p.name for p in (out / "qnn").iterdir()}
+    assert names == {"ar16.qdq.onnx", "ar16_ctx.onnx", "ar1.qdq.onnx", "ar1_ctx.onnx"}
+    ar1, ar16 = record["qnn"]["graphs"]["ar1"], record["qnn"]["graphs"]["ar16"]
+    assert ar1["logits_from"] == "emulated HTP" and ar1["positions_compared"] == 8
+    assert ar1["calibration_windows"] == 16 and ar16["positions_compared"] == 16
 
 
 @pytest.mark.skipif(not QNN_OK, reason="the QNN HTP emulator ships for linux x86_64 only")
 def test_an_infinite_mask_fill_fails_the_qnn_pair(tiny, tmp_path, monkeypatch):
     """The gate seen failing: with the export's -inf mask fill left in, uint16 calibration breaks
     the graph (the HTP refuses it, or its logits are far from FP32), and the command says so."""
+    from exporter import qnn_htp
     from exporter.llm import qnn_decoder
 
+    assert qnn_htp.unavailable_reason() is None  # else the failure below would be the missing backend's
     monkeypatch.setattr(qnn_decoder, "MASK_FILL", float("inf"))
     options = GgufOptions(eval_sentences=8, qnn_soc=SA8295P, qnn_prompt_tokens=16, qnn_context=64)
     record = export_gguf(tiny[0], tmp_path / "out", options)
     assert record["ok"] is False and record["problem"].startswith("QNN AR16")
+    ar16 = record["qnn"]["graphs"]["ar16"]
+    refused = not ar16["loads_without_cpu_fallback"] and "compose" in ar16["refusal"]
+    assert refused or ar16["logits_cosine_vs_fp32"] < 0.98
 
 
 def test_qnn_profile_must_be_a_qnn_profile(tiny, tmp_path):
@@ -290,4 +300,11 @@ def test_bad_input_is_one_line_exit_2(tmp_path, content):
     assert result.exit_code == 2, result.output
     assert "model.gguf" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_qnn_pair_needs_a_tokenizer_before_any_work(tmp_path):
+    path = write_tiny_gguf(tmp_path / "bare.gguf", tokenizer=False)
+    with pytest.raises(UsageError, match="no tokenizer"):
+        export_gguf(path, tmp_path / "out", GgufOptions(qnn_soc=SA8295P))
     assert not (tmp_path / "out").exists()

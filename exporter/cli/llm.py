@@ -48,8 +48,9 @@ def _text(record: dict) -> str:
             f"QNN {name.upper()} (context {graph['context']}, W8A16): {assignment['supported_nodes']}/{assignment['nodes']} "
             f"nodes on the HTP in {assignment['partitions']} partition(s); "
             + (
-                f"loads without CPU fallback; logits cosine {graph['logits_cosine_vs_fp32']} vs FP32 "
-                f"({graph['logits_from']}); context binary {graph['context_binary']['bytes'] / 1e6:.0f} MB"
+                f"loads without CPU fallback; logits cosine {graph['logits_cosine_vs_fp32']} vs FP32 over "
+                f"{graph['positions_compared']} held-out positions ({graph['logits_from']}); "
+                f"context binary {graph['context_binary']['bytes'] / 1e6:.0f} MB"
                 if graph["loads_without_cpu_fallback"]
                 else f"refused without CPU fallback: {graph['refusal']}"
             )

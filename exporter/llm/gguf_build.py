@@ -1,8 +1,10 @@
 """`edgex gguf`: a GGUF decoder to an FP32 ONNX file with KV cache and an INT4 file on the GGUF's
-own grid, both judged on held-out text, written atomically with a record of what was done.
+own grid, both judged on held-out text (and timed side by side on this host), optionally the QNN
+prompt/token pair, written atomically with a record of what was done.
 
-The INT4 file fails the build (exit 1) when its perplexity rises more than `max_ppl_rise` over the
-FP32 export's, or is not finite: a decoder that reads fluently but wrongly is what users fear most.
+The build fails (exit 1, files written) when the INT4 perplexity rises more than `max_ppl_rise`
+over the FP32 export's, or is not finite (a decoder that reads fluently but wrongly is what users
+fear most), or when a QNN graph does not load without CPU fallback or strays from FP32's logits.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import onnx
 
 from exporter import log
+from exporter.errors import UsageError
 from exporter.hf.text import corpus
 from exporter.llm import decode, footprint, genai_check, qnn_decoder
-from exporter.llm.gguf_grid import read_grid
+from exporter.llm.gguf_grid import read_grid, tokenizer_facts
 from exporter.llm.gguf_source import check_logits, export_with_genai_builder, export_with_past, load_gguf
 from exporter.llm.source_grid import grid_index, rewrite_on_grid, set_accuracy_level
 from exporter.staging import check_output, staged_output
@@ -96,9 +99,11 @@ def _judge(folder: Path, tokenizer, options: GgufOptions) -> dict:
 
 def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()) -> dict:
     """The whole command; returns the record also written to OUT/record.json (`ok` false when the
-    perplexity gate failed: the files are written and say so)."""
+    perplexity or QNN gate failed: the files are written and say so)."""
     check_output(out)  # before minutes of loading and exporting
     grid, types = read_grid(gguf_path)
+    if options.qnn_soc is not None:
+        _check_qnn(gguf_path, options.qnn_soc)
     loaded = load_gguf(gguf_path, types)
     record: dict = {
         "source": {"file": gguf_path.name, "sha256": _sha256(gguf_path), "tensor_types": types},
@@ -109,7 +114,7 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
     with staged_output(out) as tmp:
         if options.genai_python is not None:
             log.info("exporting the FP32 decoder with onnxruntime-genai's builder (its own environment)")
-            with tempfile.TemporaryDirectory(dir=tmp.parent) as work:  # beside the output: ~4 bytes a weight
+            with _work_dir(tmp, out) as work:
                 fp32 = export_with_genai_builder(loaded, tmp / "fp32", options.genai_python, Path(work))
         else:
             log.info("exporting the FP32 decoder with its KV cache (optimum)")
@@ -140,7 +145,7 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
             record["judged"] = None  # no tokenizer in the GGUF: nothing to measure text on
         record["sizes_mb"] = {n: round(_model_bytes(tmp / n) / 1e6, 1) for n in ("fp32", "int4")}
         if options.qnn_soc is not None:
-            record["qnn"] = _qnn(loaded, fp32 if options.genai_python is None else None, tmp, options)
+            record["qnn"] = _qnn(loaded, fp32 if options.genai_python is None else None, tmp, out, options)
         record["kv_cache"] = footprint.kv_cache(loaded.model.config)
         log.info("timing FP32 and INT4 side by side on this host (one thread)")
         prompt = [(11 * i + 5) % loaded.model.config.vocab_size for i in range(footprint.PROMPT_TOKENS)]
@@ -151,14 +156,38 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
     return record
 
 
-def _qnn(loaded, optimum_fp32: Path | None, tmp: Path, options: GgufOptions) -> dict:
+def _work_dir(tmp: Path, out: Path):
+    """Beside the output (a model's FP32 copies: ~4 bytes a weight each), named like staging so a
+    killed run's leftovers are cleaned by the next run's recovery."""
+    return tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{out.name}.edgex-tmp-work-")
+
+
+def _check_qnn(gguf_path: Path, soc: dict) -> None:
+    """What the QNN pair needs, before any work: the emulator, a SoC, a tokenizer (real text)."""
+    from exporter import qnn_htp
+
+    reason = qnn_htp.unavailable_reason()
+    if reason:
+        raise UsageError(reason, field="--qnn-profile", fix="pip install 'edgex[qnn]' (linux x86_64)")
+    if soc.get("soc_model") is None:
+        raise UsageError("the profile names no soc.soc_model", field="--qnn-profile", fix="give a QNN profile with one")
+    if tokenizer_facts(gguf_path).get("model") is None:
+        raise UsageError(
+            "the GGUF has no tokenizer: the QNN graphs are calibrated on text",
+            path=gguf_path,
+            field="--qnn-profile",
+            fix="give a GGUF with its tokenizer, or leave out --qnn-profile",
+        )
+
+
+def _qnn(loaded, optimum_fp32: Path | None, tmp: Path, out: Path, options: GgufOptions) -> dict:
     """The QNN prompt/token pair, from optimum's export (the genai graph's contrib ops are CPU-only)."""
-    with tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+    with _work_dir(tmp, out) as work:
         if optimum_fp32 is None:
             with log.quiet_libraries(), log.stdout_to_stderr():
                 optimum_fp32 = export_with_past(loaded, Path(work) / "optimum")
         sequences = {
-            split: [loaded.tokenizer(t)["input_ids"] for t in corpus()[split][: 4 * options.qnn_context // 8]]
+            split: [loaded.tokenizer(t)["input_ids"] for t in corpus()[split]]
             for split in ("calibration", "evaluation")
         }
         (tmp / "qnn").mkdir()

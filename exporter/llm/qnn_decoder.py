@@ -1,12 +1,14 @@
 """A decoder for the Qualcomm NPU the way Qualcomm deploys one: a prompt graph that takes N tokens
 (AR-N) and a token graph that takes one (AR-1), both over a fixed context of C positions (the past
-is C - N keys/values), W8A16 QDQ (8-bit weights, 16-bit activations), checked on the emulated HTP
-with CPU fallback disabled and compiled to context binaries.
+is C - N keys/values), W8A16 QDQ (8-bit weights, 16-bit activations), loaded on the emulated HTP
+with CPU fallback disabled, judged against the FP32 export's logits (the token graph run on the
+emulator, the prompt graph as QDQ on the CPU provider) and compiled to context binaries.
 
 Two traps met on SmolLM2 and mended here, both recorded:
 - the exported attention mask fills masked positions with -inf (Where(mask, 0, -inf)); calibrated
   into a uint16 range, -inf leaves every other value on one step: logits cosine 0.18 vs FP32. The
-  fill becomes -MASK_FILL (softmax weight e^-100: nothing), and cosine is 0.996.
+  fill becomes -MASK_FILL (softmax weight e^-100: nothing), and cosine is 0.996. Only negative
+  fills are changed (a +inf Clip bound is not a mask), each named in the record.
 - calibration needs real keys/values: the past is produced by the FP32 export on real text.
 HTP v68 (SA8295P) has no 4-bit weight path, so weights stay 8-bit; the two graphs are compiled to
 two context binaries (onnxruntime's weight sharing across graphs is not used): both are said.
@@ -21,12 +23,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from exporter import log
+from exporter.errors import EdgexError, UsageError
 from exporter.llm import decode
 
+# onnxruntime's refusals derive from Exception directly, not RuntimeError
+_ORT_REFUSALS = (ort_state.EPFail, ort_state.Fail, ort_state.InvalidGraph, ort_state.NotImplemented)
 MASK_FILL = 100.0
-CALIBRATION_WINDOWS = 4
+CALIBRATION_WINDOWS = 4  # of the prompt graph; the token graph takes 4x as many (one position each)
+HELD_OUT_WINDOWS = {False: 1, True: 8}  # prompt graph: 1 window (N positions); token graph: 8 positions
 
 
 def fixed_graph(src: Path, dst: Path, tokens: int, context: int) -> dict:
@@ -53,43 +60,53 @@ def fixed_graph(src: Path, dst: Path, tokens: int, context: int) -> dict:
     ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
     raw.unlink()
     folded = onnx.load(str(dst))  # after folding: the -inf fill is a Constant node until then
-    replaced = 0
-    for init in folded.graph.initializer:
+    replaced = []
+    for init in folded.graph.initializer:  # only negative fills: a +inf bound (Clip, Min) is not a mask
         values = numpy_helper.to_array(init)
-        if values.dtype == np.float32 and values.size and not np.all(np.abs(values) < 1e30):
-            fill = np.where(np.abs(values) < 1e30, values, np.sign(values) * MASK_FILL).astype(np.float32)
+        if values.dtype == np.float32 and values.size and np.any(values < -1e30):
+            fill = np.where(values < -1e30, -MASK_FILL, values).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(fill, init.name))
-            replaced += 1
+            replaced.append(init.name)
     onnx.save(folded, str(dst))
-    return {"tokens": tokens, "context": context, "mask_constants_made_finite": replaced}
+    return {"tokens": tokens, "context": context, "mask_fills_made_finite": replaced}
 
 
 def window_feeds(
-    dynamic: ort.InferenceSession, sequences: list[list[int]], tokens: int, context: int, padded: bool = False
-) -> list[dict]:
-    """Feeds of the fixed graph from real text: the past is the FP32 export's own keys/values.
-    `padded`: the last window's first position is masked out (a left-padded prompt), so the padding
-    mask's branch is calibrated too: never exercised, its range is [0, 0] and its scale 0, which
-    the HTP refuses (QNN error 6007 on the mask's QuantizeLinear)."""
+    dynamic: ort.InferenceSession,
+    sequences: list[list[int]],
+    tokens: int,
+    context: int,
+    count: int,
+    padded: bool = False,
+) -> list[tuple[dict, np.ndarray]]:
+    """`count` feeds of the fixed graph from real text, windows `context // 4` apart, each with the
+    dynamic FP32 export's logits for the same tokens (the reference: not the fixed graph, which
+    carries the mask edit). The past is the FP32 export's own keys/values. `padded`: the last
+    window's first position is masked out (a left-padded prompt), so the padding-mask branch is
+    calibrated too: never exercised, its range is [0, 0] and its scale 0, which the HTP refuses
+    (QNN error 6007 on the mask's QuantizeLinear)."""
     stream = [t for seq in sequences for t in seq]
-    past = context - tokens
+    past, stride = context - tokens, max(context // 4, 1)
     feeds = []
-    for k in range(CALIBRATION_WINDOWS):
-        ids = stream[k * context : (k + 1) * context]
+    for k in range(count):
+        ids = stream[k * stride : k * stride + context]
         if len(ids) < context:
-            break
+            raise UsageError(
+                f"the bundled text gives {k} windows of {context} tokens, {count} are needed",
+                field="qnn_context",
+                fix="use a shorter QNN context",
+            )
         _, past_kv = decode.run_step(dynamic, np.array([ids[:past]], np.int64), decode.empty_past(dynamic), 0)
-        mask = np.ones((1, context), np.int64)
-        if padded and k == CALIBRATION_WINDOWS - 1:
-            mask[0, 0] = 0
-        feeds.append(
-            {
-                "input_ids": np.array([ids[past:]], np.int64),
-                "attention_mask": mask,
-                "position_ids": np.arange(past, context, dtype=np.int64)[None],
-                **past_kv,
-            }
-        )
+        reference, _ = decode.run_step(dynamic, np.array([ids[past:]], np.int64), past_kv, past)
+        feed = {
+            "input_ids": np.array([ids[past:]], np.int64),
+            "attention_mask": np.ones((1, context), np.int64),
+            "position_ids": np.arange(past, context, dtype=np.int64)[None],
+            **past_kv,
+        }
+        feeds.append((feed, reference))
+    if padded:
+        feeds[-1][0]["attention_mask"][0, 0] = 0
     return feeds
 
 
@@ -121,11 +138,12 @@ def quantize_w8a16(src: Path, dst: Path, feeds: list[dict]) -> None:
         )
 
 
-def on_htp(qdq: Path, fp32_fixed: Path, feed: dict, soc: dict, context_path: Path, emulate: bool) -> dict:
+def on_htp(qdq: Path, held_out: list[tuple[dict, np.ndarray]], soc: dict, context_path: Path, emulate: bool) -> dict:
     """Node assignment, a session with CPU fallback disabled, the context binary, and the logits on
-    a held-out window against the FP32 fixed graph's: run on the emulated HTP (`emulate`; the token
-    graph), else the QDQ file on the CPU provider (the prompt graph: emulating 128 tokens of a 135M
-    model takes minutes), said in `logits_from`. A refusal is recorded, not raised."""
+    held-out windows against the dynamic FP32 export's: run on the emulated HTP (`emulate`; the
+    token graph), else the QDQ file on the CPU provider (the prompt graph: emulating 128 tokens of
+    a 135M model takes minutes), said in `logits_from`. The provider's refusal is recorded, not
+    raised: which operator blocks the graph is the finding."""
     from exporter import qnn_htp
 
     out: dict = {"assignment": None}
@@ -133,23 +151,24 @@ def on_htp(qdq: Path, fp32_fixed: Path, feed: dict, soc: dict, context_path: Pat
         assignment = qnn_htp.node_assignment(qdq, soc_model=soc["soc_model"], htp_arch=soc["htp_arch"])
         out["assignment"] = {k: assignment[k] for k in ("nodes", "supported_nodes", "partitions", "unsupported_ops")}
         session = qnn_htp.htp_session(qdq, soc_model=soc["soc_model"], htp_arch=soc["htp_arch"], cpu_fallback=False)
-    except Exception as exc:  # the provider's own refusal is the finding: which operator blocks it
-        out["loads_without_cpu_fallback"] = False
-        out["refusal"] = str(exc).splitlines()[0][:400]
-        return out
+    except (EdgexError, *_ORT_REFUSALS) as exc:  # EPFail: QNN could not compose the graph
+        return out | {"loads_without_cpu_fallback": False, "refusal": str(exc).splitlines()[0][:400]}
     out["loads_without_cpu_fallback"] = True
     if not emulate:
         session = decode.open_session(qdq)
     start = time.perf_counter()
-    got = session.run(["logits"], feed)[0]
-    got = got.reshape(-1, got.shape[-1])
+    got = np.concatenate([session.run(["logits"], feed)[0].reshape(-1, ref.shape[-1]) for feed, ref in held_out])
     out["logits_from"] = "emulated HTP" if emulate else "QDQ on the CPU provider (simulated)"
     out["run_s"] = round(time.perf_counter() - start, 1)
-    reference = decode.open_session(fp32_fixed).run(["logits"], feed)[0].reshape(got.shape)
+    reference = np.concatenate([ref.reshape(-1, ref.shape[-1]) for _, ref in held_out])
     cosine = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+    out["positions_compared"] = len(reference)
     out["logits_cosine_vs_fp32"] = round(float(cosine.mean()), 4)
-    out["top1_agreement_vs_fp32"] = float((got.argmax(-1) == reference.argmax(-1)).mean())
-    binary = qnn_htp.compile_context(qdq, context_path, soc_model=soc["soc_model"], htp_arch=soc["htp_arch"])
+    out["top1_agreement_vs_fp32"] = round(float((got.argmax(-1) == reference.argmax(-1)).mean()), 4)
+    try:
+        binary = qnn_htp.compile_context(qdq, context_path, soc_model=soc["soc_model"], htp_arch=soc["htp_arch"])
+    except EdgexError as exc:  # the compiler (unoptimized graph) can refuse what the session took
+        return out | {"loads_without_cpu_fallback": False, "refusal": "context binary: " + str(exc)[:400]}
     out["context_binary"] = {"file": context_path.name, "bytes": binary["bytes"], "seconds": binary["seconds"]}
     return out
 
@@ -163,16 +182,17 @@ def qnn_pair(
     record: dict = {"soc": soc, "context": context, "weights": "uint8", "activations": "uint16", "graphs": {}}
     for tokens in (prompt_tokens, 1):
         name = f"ar{tokens}"
-        log.info(f"QNN {name.upper()} (context {context}): fixing, calibrating, checking on the emulated HTP")
+        log.info(f"QNN {name.upper()} (context {context}): fixing, calibrating, loading on the emulated HTP")
         fixed = work / f"{name}.fp32.onnx"
         facts = fixed_graph(fp32_optimum, fixed, tokens, context)
-        calibration = window_feeds(dynamic, sequences["calibration"], tokens, context, padded=True)
-        held_out = window_feeds(dynamic, sequences["evaluation"], tokens, context)
-        if not calibration or not held_out:
-            raise ValueError(f"too little text for {CALIBRATION_WINDOWS} windows of {context} tokens")
+        # the token graph sees one position per window: more windows, so ranges and the check rest
+        # on more than a handful of tokens
+        windows = CALIBRATION_WINDOWS * (4 if tokens == 1 else 1)
+        calibration = window_feeds(dynamic, sequences["calibration"], tokens, context, windows, padded=True)
+        held_out = window_feeds(dynamic, sequences["evaluation"], tokens, context, HELD_OUT_WINDOWS[tokens == 1])
         qdq = out_dir / f"{name}.qdq.onnx"
-        quantize_w8a16(fixed, qdq, calibration)
+        quantize_w8a16(fixed, qdq, [feed for feed, _ in calibration])
         facts["calibration_windows"] = len(calibration)
-        facts |= on_htp(qdq, fixed, held_out[0], soc, out_dir / f"{name}_ctx.onnx", emulate=tokens == 1)
+        facts |= on_htp(qdq, held_out, soc, out_dir / f"{name}_ctx.onnx", emulate=tokens == 1)
         record["graphs"][name] = facts
     return record
