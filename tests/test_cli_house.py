@@ -19,6 +19,7 @@ ALL_COMMANDS = {
     "build",
     "compare",
     "diagnose",
+    "gguf",
     "inspect",
     "merge",
     "plan",
@@ -60,9 +61,9 @@ def test_python_m_exporter_cli_is_the_console_script():
 
 
 def test_every_family_registers_its_commands_once():
-    from exporter.cli import build, catalog, cli, model, release
+    from exporter.cli import build, catalog, cli, llm, model, release
 
-    families = [c.name for f in (build, catalog, model, release) for c in f.COMMANDS]
+    families = [c.name for f in (build, catalog, model, release, llm) for c in f.COMMANDS]
     assert sorted(families) == sorted(ALL_COMMANDS) and len(families) == len(set(families))
     assert set(cli.commands) == ALL_COMMANDS
 
