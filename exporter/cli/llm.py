@@ -110,6 +110,7 @@ def gguf(
     Example: edgex gguf SmolLM2-135M-Instruct.Q4_1.gguf --out build/smollm2
     """
     from exporter.llm.gguf_build import GgufOptions, export_gguf
+    from exporter.pipeline.npu import soc_of
 
     qnn_soc = None
     if qnn_profile is not None:
@@ -118,7 +119,7 @@ def gguf(
             raise UsageError(
                 f"profile '{prof.id}' targets {prof.target}, not qnn", field="--qnn-profile", fix="give a QNN profile"
             )
-        qnn_soc = {k: int(prof.soc[k].value) if k in prof.soc else None for k in ("soc_model", "htp_arch")}
+        qnn_soc = soc_of(prof)
     options = GgufOptions(int(accuracy_level), max_ppl_rise, eval_sentences, genai_python=genai_python, qnn_soc=qnn_soc)
     return emit_judged(export_gguf(model, out, options), as_json, _text)
 

@@ -9,7 +9,6 @@ fear most), or when a QNN graph does not load without CPU fallback or strays fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from exporter import log
+from exporter.digest import sha256_file
 from exporter.errors import UsageError
 from exporter.hf.text import corpus
 from exporter.llm import decode, footprint, genai_check, qnn_decoder
@@ -48,14 +48,6 @@ class GgufOptions:
     qnn_soc: dict | None = None  # {"soc_model", "htp_arch"} of a QNN profile: also the AR-N / AR-1 pair
     qnn_prompt_tokens: int = 128
     qnn_context: int = 512
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _eval_texts(count: int) -> list[str]:
@@ -106,7 +98,7 @@ def export_gguf(gguf_path: Path, out: Path, options: GgufOptions = GgufOptions()
         _check_qnn(gguf_path, options.qnn_soc)
     loaded = load_gguf(gguf_path, types)
     record: dict = {
-        "source": {"file": gguf_path.name, "sha256": _sha256(gguf_path), "tensor_types": types},
+        "source": {"file": gguf_path.name, "sha256": sha256_file(gguf_path), "tensor_types": types},
         "architecture": loaded.architecture,
         "tokenizer_repairs": loaded.tokenizer_repairs,
         "accuracy_level": options.accuracy_level,
